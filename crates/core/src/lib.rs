@@ -1,0 +1,15 @@
+//! stopwise-core: the pure heart of stopwise.
+//!
+//! Everything here is a plain function over data: no I/O, no async, no global state.
+//! The trace format ([`trace`]), answer extraction and Exact Match ([`answer`]), stop rules
+//! ([`policy`]), replay of rules over recorded traces ([`replay`]) and threshold sweeps with
+//! Pareto frontiers ([`sweep`]). I/O (files, models, HTTP) lives in the other crates.
+
+pub mod answer;
+pub mod policy;
+pub mod replay;
+pub mod sweep;
+pub mod trace;
+
+pub use answer::Task;
+pub use trace::{Checkpoint, Final, ProbeSettings, Trace, TraceError};

@@ -1,0 +1,527 @@
+//! Stop rules: one serde [`PolicySpec`] describes any rule; [`PolicySpec::start`] turns it into a
+//! per-request state machine ([`Rule`]) that is fed each [`Checkpoint`] and answers a [`Decision`].
+//!
+//! The same state machine runs online (the server feeds it probes as they arrive) and in replay
+//! (fed the recorded checkpoints), so the two cannot disagree.
+
+use std::collections::VecDeque;
+
+use serde::{Deserialize, Serialize};
+
+use crate::answer::{self, Task};
+use crate::trace::Checkpoint;
+
+/// Every stop rule, as written in TOML or JSON (`type = "consistency"`, ...).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum PolicySpec {
+    /// Static budget: stop (and force the answer) once `max_tokens` tokens were generated.
+    Budget { max_tokens: u32 },
+    /// Dynasor-CoT: stop when the last `window` probed answers are equal and non-empty.
+    Consistency {
+        window: u32,
+        #[serde(default)]
+        min_tokens: u32,
+        /// Discard probes whose text hedges ("wait", "hmm", ...), as Dynasor-CoT does.
+        #[serde(default)]
+        hedge_filter: bool,
+    },
+    /// DEER: stop when the probe's mean token probability reaches `threshold`.
+    Confidence {
+        threshold: f32,
+        #[serde(default)]
+        min_tokens: u32,
+    },
+    /// DeepConf-style: stop when the mean log-probability of the last `window` generated tokens
+    /// reaches `threshold` (a confident stretch of reasoning).
+    LogprobWindow {
+        window: u32,
+        threshold: f32,
+        #[serde(default)]
+        min_tokens: u32,
+    },
+    /// Static floor and cap around a dynamic rule: never stop before `floor` tokens, always stop
+    /// at `cap` tokens, otherwise as `rule` says.
+    Hybrid { floor: u32, cap: u32, rule: Box<PolicySpec> },
+    /// Stop as soon as any of the rules says stop.
+    Any { rules: Vec<PolicySpec> },
+    /// Stop only when every rule says stop at the same checkpoint.
+    All { rules: Vec<PolicySpec> },
+    /// Never stop early (full runs; also how a client disables stopping).
+    Never,
+}
+
+/// What a rule says after a checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Continue,
+    /// Stop now and answer with this checkpoint's probed answer.
+    Stop,
+}
+
+/// Published presets, by name: `(name, spec, where it comes from)`.
+pub fn presets() -> Vec<(&'static str, PolicySpec, &'static str)> {
+    let consistency = |window| PolicySpec::Consistency { window, min_tokens: 0, hedge_filter: true };
+    vec![
+        ("dynasor-cot", consistency(2), "Dynasor-CoT: probe every 32 tokens, stop after 2 equal confident answers"),
+        ("dynasor-cot-w3", consistency(3), "Dynasor-CoT, milder: 3 equal answers in a row"),
+        ("dynasor-cot-w4", consistency(4), "Dynasor-CoT, mildest: 4 equal answers in a row"),
+        ("deer", PolicySpec::Confidence { threshold: 0.95, min_tokens: 0 }, "DEER: trial answer mean probability >= 0.95"),
+        (
+            "deepconf-low",
+            PolicySpec::LogprobWindow { window: 128, threshold: -0.35, min_tokens: 0 },
+            "DeepConf-low adapted to stopping: aggressive, 128-token window mean log-prob >= -0.35",
+        ),
+        (
+            "deepconf-high",
+            PolicySpec::LogprobWindow { window: 128, threshold: -0.15, min_tokens: 0 },
+            "DeepConf-high adapted to stopping: conservative, 128-token window mean log-prob >= -0.15",
+        ),
+    ]
+}
+
+/// Why a policy could not be read.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PolicyError {
+    #[error("unknown preset `{name}`; presets are: {known}")]
+    UnknownPreset { name: String, known: String },
+    #[error("policy is not valid JSON or TOML: {0}")]
+    Syntax(String),
+    #[error("field `{field}`: {why}")]
+    Invalid { field: String, why: String },
+}
+
+impl PolicySpec {
+    /// Reads a preset name, a JSON object or a TOML table.
+    pub fn parse(text: &str) -> Result<Self, PolicyError> {
+        let text = text.trim();
+        let spec: PolicySpec = if text.starts_with('{') {
+            let de = &mut serde_json::Deserializer::from_str(text);
+            serde_path_to_error::deserialize(de).map_err(|e| PolicyError::Syntax(e.to_string()))?
+        } else if text.contains('=') {
+            toml_like(text)?
+        } else {
+            return presets()
+                .into_iter()
+                .find(|(name, _, _)| *name == text)
+                .map(|(_, spec, _)| spec)
+                .ok_or_else(|| PolicyError::UnknownPreset {
+                    name: text.to_owned(),
+                    known: presets().iter().map(|p| p.0).collect::<Vec<_>>().join(", "),
+                });
+        };
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    /// Checks ranges serde cannot.
+    pub fn validate(&self) -> Result<(), PolicyError> {
+        let invalid = |field: &str, why: &str| Err(PolicyError::Invalid { field: field.into(), why: why.into() });
+        match self {
+            PolicySpec::Budget { max_tokens: 0 } => invalid("max_tokens", "must be at least 1"),
+            PolicySpec::Consistency { window: 0, .. } => invalid("window", "must be at least 1"),
+            PolicySpec::Confidence { threshold, .. } if !(0.0..=1.0).contains(threshold) => {
+                invalid("threshold", "must be a probability in [0, 1]")
+            }
+            PolicySpec::LogprobWindow { window: 0, .. } => invalid("window", "must be at least 1 token"),
+            PolicySpec::LogprobWindow { threshold, .. } if threshold.is_nan() || *threshold > 0.0 => {
+                invalid("threshold", "must be a log-probability (<= 0)")
+            }
+            PolicySpec::Hybrid { floor, cap, rule } => {
+                if floor > cap {
+                    return invalid("floor", "must not exceed cap");
+                }
+                rule.validate()
+            }
+            PolicySpec::Any { rules } | PolicySpec::All { rules } => {
+                if rules.is_empty() {
+                    return invalid("rules", "must name at least one rule");
+                }
+                rules.iter().try_for_each(PolicySpec::validate)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// True when the rule needs a probe at every checkpoint. A pure budget needs only the one
+    /// probe that reads the answer at the stop point.
+    pub fn probes_every_checkpoint(&self) -> bool {
+        match self {
+            PolicySpec::Budget { .. } | PolicySpec::Never => false,
+            PolicySpec::Hybrid { rule, .. } => rule.probes_every_checkpoint(),
+            PolicySpec::Any { rules } | PolicySpec::All { rules } => rules.iter().any(PolicySpec::probes_every_checkpoint),
+            _ => true,
+        }
+    }
+
+    /// A short human label, e.g. `consistency(window=2)`.
+    pub fn label(&self) -> String {
+        match self {
+            PolicySpec::Budget { max_tokens } => format!("budget({max_tokens})"),
+            PolicySpec::Consistency { window, min_tokens, hedge_filter } => {
+                format!("consistency(window={window}{}{})", min_opt(*min_tokens), if *hedge_filter { ",hedge" } else { "" })
+            }
+            PolicySpec::Confidence { threshold, min_tokens } => format!("confidence({threshold}{})", min_opt(*min_tokens)),
+            PolicySpec::LogprobWindow { window, threshold, min_tokens } => {
+                format!("logprob_window({window},{threshold}{})", min_opt(*min_tokens))
+            }
+            PolicySpec::Hybrid { floor, cap, rule } => format!("hybrid({floor},{cap},{})", rule.label()),
+            PolicySpec::Any { rules } => format!("any({})", rules.iter().map(PolicySpec::label).collect::<Vec<_>>().join(",")),
+            PolicySpec::All { rules } => format!("all({})", rules.iter().map(PolicySpec::label).collect::<Vec<_>>().join(",")),
+            PolicySpec::Never => "never".into(),
+        }
+    }
+
+    /// A fresh per-request state machine for this policy.
+    pub fn start(&self, task: Task) -> Rule {
+        let state = match self {
+            PolicySpec::Budget { max_tokens } => State::Budget { max_tokens: *max_tokens },
+            PolicySpec::Consistency { window, min_tokens, hedge_filter } => State::Consistency {
+                window: *window,
+                min_tokens: *min_tokens,
+                hedge_filter: *hedge_filter,
+                last: None,
+                run: 0,
+            },
+            PolicySpec::Confidence { threshold, min_tokens } => {
+                State::Confidence { threshold: *threshold, min_tokens: *min_tokens }
+            }
+            PolicySpec::LogprobWindow { window, threshold, min_tokens } => State::LogprobWindow {
+                window: LogprobWindow::new(*window),
+                threshold: *threshold,
+                min_tokens: *min_tokens,
+            },
+            PolicySpec::Hybrid { floor, cap, rule } => {
+                State::Hybrid { floor: *floor, cap: *cap, inner: Box::new(rule.start(task)) }
+            }
+            PolicySpec::Any { rules } => State::Any(rules.iter().map(|r| r.start(task)).collect()),
+            PolicySpec::All { rules } => State::All(rules.iter().map(|r| r.start(task)).collect()),
+            PolicySpec::Never => State::Never,
+        };
+        Rule { task, state }
+    }
+}
+
+fn min_opt(min_tokens: u32) -> String {
+    if min_tokens == 0 {
+        String::new()
+    } else {
+        format!(",min={min_tokens}")
+    }
+}
+
+/// TOML is read through its JSON-compatible value model so that both syntaxes share one schema.
+fn toml_like(text: &str) -> Result<PolicySpec, PolicyError> {
+    let value: serde_json::Value = toml_to_json(text)?;
+    serde_path_to_error::deserialize(value).map_err(|e| PolicyError::Syntax(e.to_string()))
+}
+
+fn toml_to_json(text: &str) -> Result<serde_json::Value, PolicyError> {
+    // The core crate stays free of a TOML dependency: callers that read TOML files deserialize
+    // `PolicySpec` directly with their TOML library. Here only the inline `key = value` form used
+    // on a command line is accepted: `type = "budget", max_tokens = 256`.
+    let mut map = serde_json::Map::new();
+    for part in text.split([',', '\n']).map(str::trim).filter(|p| !p.is_empty()) {
+        let (key, value) = part
+            .split_once('=')
+            .ok_or_else(|| PolicyError::Syntax(format!("expected `key = value`, found `{part}`")))?;
+        let value = value.trim();
+        let json = serde_json::from_str(value)
+            .map_err(|_| PolicyError::Syntax(format!("value of `{}` is not a number, bool or quoted string: {value}", key.trim())))?;
+        map.insert(key.trim().to_owned(), json);
+    }
+    Ok(serde_json::Value::Object(map))
+}
+
+/// Per-request state of a stop rule.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    task: Task,
+    state: State,
+}
+
+#[derive(Debug, Clone)]
+enum State {
+    Budget { max_tokens: u32 },
+    Consistency { window: u32, min_tokens: u32, hedge_filter: bool, last: Option<String>, run: u32 },
+    Confidence { threshold: f32, min_tokens: u32 },
+    LogprobWindow { window: LogprobWindow, threshold: f32, min_tokens: u32 },
+    Hybrid { floor: u32, cap: u32, inner: Box<Rule> },
+    Any(Vec<Rule>),
+    All(Vec<Rule>),
+    Never,
+}
+
+impl Rule {
+    /// Feeds the next checkpoint (in order) and says whether to stop there.
+    pub fn observe(&mut self, checkpoint: &Checkpoint) -> Decision {
+        let stop = match &mut self.state {
+            State::Budget { max_tokens } => checkpoint.tokens >= *max_tokens,
+            State::Consistency { window, min_tokens, hedge_filter, last, run } => {
+                let answer = consistency_key(self.task, checkpoint, *hedge_filter);
+                *run = next_run(last.as_deref(), answer.as_deref(), *run);
+                *last = answer;
+                checkpoint.tokens >= *min_tokens && *run >= *window
+            }
+            State::Confidence { threshold, min_tokens } => {
+                checkpoint.tokens >= *min_tokens && confidence_score(checkpoint) >= *threshold
+            }
+            State::LogprobWindow { window, threshold, min_tokens } => {
+                let mean = window.push(checkpoint);
+                checkpoint.tokens >= *min_tokens && !checkpoint.answer.is_empty() && mean >= f64::from(*threshold)
+            }
+            State::Hybrid { floor, cap, inner } => {
+                // The inner rule sees every checkpoint, so its state (e.g. a run of equal answers)
+                // is built up before the floor is reached.
+                let inner_stops = inner.observe(checkpoint) == Decision::Stop;
+                checkpoint.tokens >= *cap || (checkpoint.tokens >= *floor && inner_stops)
+            }
+            State::Any(rules) => rules.iter_mut().fold(false, |any, r| (r.observe(checkpoint) == Decision::Stop) | any),
+            State::All(rules) => rules.iter_mut().fold(true, |all, r| (r.observe(checkpoint) == Decision::Stop) & all),
+            State::Never => false,
+        };
+        if stop {
+            Decision::Stop
+        } else {
+            Decision::Continue
+        }
+    }
+}
+
+/// The answer a consistency rule compares: normalised, `None` when empty or hedged.
+pub fn consistency_key(task: Task, checkpoint: &Checkpoint, hedge_filter: bool) -> Option<String> {
+    if hedge_filter && answer::is_hedging(&checkpoint.probe_text) {
+        return None;
+    }
+    Some(answer::normalize(task, &checkpoint.answer)).filter(|a| !a.is_empty())
+}
+
+/// Length of the run of equal answers ending at the current one.
+pub fn next_run(previous: Option<&str>, current: Option<&str>, run: u32) -> u32 {
+    match (previous, current) {
+        (_, None) => 0,
+        (Some(p), Some(c)) if p == c => run + 1,
+        (_, Some(_)) => 1,
+    }
+}
+
+/// DEER's score: the trial answer's mean token probability; an empty answer never qualifies.
+pub fn confidence_score(checkpoint: &Checkpoint) -> f32 {
+    if checkpoint.answer.is_empty() {
+        f32::NEG_INFINITY
+    } else {
+        checkpoint.mean_prob
+    }
+}
+
+/// Mean log-probability over (about) the last `window` generated tokens, from per-segment means.
+///
+/// Checkpoints carry the mean log-prob of the tokens since the previous checkpoint; the window
+/// keeps whole segments, the oldest partly weighted, so any window can be replayed from a trace.
+#[derive(Debug, Clone)]
+pub struct LogprobWindow {
+    window: u32,
+    /// (tokens in the segment, mean log-prob of the segment)
+    segments: VecDeque<(u32, f64)>,
+    last_tokens: u32,
+}
+
+impl LogprobWindow {
+    pub fn new(window: u32) -> Self {
+        LogprobWindow { window: window.max(1), segments: VecDeque::new(), last_tokens: 0 }
+    }
+
+    /// Adds the checkpoint's segment and returns the window's mean log-probability.
+    pub fn push(&mut self, checkpoint: &Checkpoint) -> f64 {
+        let length = checkpoint.tokens.saturating_sub(self.last_tokens);
+        self.last_tokens = checkpoint.tokens;
+        self.segments.push_back((length, f64::from(checkpoint.segment_logprob)));
+        let mut covered = 0u32;
+        let mut sum = 0.0;
+        let mut keep = 0;
+        for &(len, mean) in self.segments.iter().rev() {
+            let take = len.min(self.window - covered);
+            sum += mean * f64::from(take);
+            covered += take;
+            keep += 1;
+            if covered == self.window {
+                break;
+            }
+        }
+        while self.segments.len() > keep {
+            self.segments.pop_front();
+        }
+        if covered == 0 {
+            f64::NEG_INFINITY
+        } else {
+            sum / f64::from(covered)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cp(tokens: u32, answer: &str, mean_prob: f32, logprob: f32) -> Checkpoint {
+        Checkpoint {
+            tokens,
+            answer: answer.into(),
+            probe_text: answer.into(),
+            answer_tokens: 2,
+            mean_prob,
+            min_prob: mean_prob,
+            segment_logprob: logprob,
+            segment_entropy: 1.0,
+        }
+    }
+
+    fn decisions(spec: &PolicySpec, cps: &[Checkpoint]) -> Vec<Decision> {
+        let mut rule = spec.start(Task::Numeric);
+        cps.iter().map(|c| rule.observe(c)).collect()
+    }
+
+    fn first_stop(spec: &PolicySpec, cps: &[Checkpoint]) -> Option<usize> {
+        decisions(spec, cps).iter().position(|d| *d == Decision::Stop)
+    }
+
+    fn run_of(answers: &[&str]) -> Vec<Checkpoint> {
+        answers.iter().enumerate().map(|(i, a)| cp(32 * (i as u32 + 1), a, 0.5, -1.0)).collect()
+    }
+
+    #[test]
+    fn budget_stops_at_the_first_checkpoint_reaching_it() {
+        let cps = run_of(&["1", "2", "3", "4"]);
+        assert_eq!(first_stop(&PolicySpec::Budget { max_tokens: 64 }, &cps), Some(1));
+        assert_eq!(first_stop(&PolicySpec::Budget { max_tokens: 65 }, &cps), Some(2));
+        assert_eq!(first_stop(&PolicySpec::Budget { max_tokens: 1000 }, &cps), None);
+    }
+
+    #[test]
+    fn consistency_needs_window_equal_non_empty_answers() {
+        let spec = |window| PolicySpec::Consistency { window, min_tokens: 0, hedge_filter: false };
+        let cps = run_of(&["5", "", "", "7", "7", "7"]);
+        assert_eq!(first_stop(&spec(1), &cps), Some(0));
+        assert_eq!(first_stop(&spec(2), &cps), Some(4), "empty answers never agree");
+        assert_eq!(first_stop(&spec(3), &cps), Some(5));
+        assert_eq!(first_stop(&spec(4), &cps), None);
+        // Numerically equal answers agree after normalisation.
+        let cps = run_of(&["1,000", "1000"]);
+        assert_eq!(first_stop(&spec(2), &cps), Some(1));
+    }
+
+    #[test]
+    fn consistency_min_tokens_delays_the_stop() {
+        let spec = PolicySpec::Consistency { window: 2, min_tokens: 150, hedge_filter: false };
+        assert_eq!(first_stop(&spec, &run_of(&["7", "7", "7", "7", "7"])), Some(4));
+    }
+
+    #[test]
+    fn confidence_and_logprob_window_thresholds() {
+        let cps = vec![cp(32, "3", 0.5, -2.0), cp(64, "", 0.99, -0.01), cp(96, "4", 0.96, -0.1)];
+        assert_eq!(first_stop(&PolicySpec::Confidence { threshold: 0.95, min_tokens: 0 }, &cps), Some(2));
+        assert_eq!(first_stop(&PolicySpec::Confidence { threshold: 0.4, min_tokens: 0 }, &cps), Some(0));
+        // Window of 64 tokens over segments of 32: means -1.005 at 64, -0.055 at 96.
+        let lw = |threshold| PolicySpec::LogprobWindow { window: 64, threshold, min_tokens: 0 };
+        assert_eq!(first_stop(&lw(-0.06), &cps), Some(2));
+        assert_eq!(first_stop(&lw(-0.05), &cps), None);
+    }
+
+    #[test]
+    fn logprob_window_weights_partial_segments() {
+        let mut w = LogprobWindow::new(48);
+        assert_eq!(w.push(&cp(32, "", 0.0, -1.0)), -1.0);
+        // 32 tokens at -2 plus 16 of the previous 32 at -1.
+        let mean = w.push(&cp(64, "", 0.0, -2.0));
+        assert!((mean - (-2.0 * 32.0 - 16.0) / 48.0).abs() < 1e-9, "{mean}");
+    }
+
+    #[test]
+    fn hybrid_floor_and_cap() {
+        let inner = PolicySpec::Consistency { window: 2, min_tokens: 0, hedge_filter: false };
+        let hybrid = |floor, cap| PolicySpec::Hybrid { floor, cap, rule: Box::new(inner.clone()) };
+        let cps = run_of(&["7", "7", "8", "9", "10", "11"]);
+        assert_eq!(first_stop(&hybrid(0, 1000), &cps), Some(1));
+        assert_eq!(first_stop(&hybrid(96, 1000), &cps), None, "the run ended before the floor");
+        assert_eq!(first_stop(&hybrid(64, 1000), &cps), Some(1));
+        assert_eq!(first_stop(&hybrid(96, 160), &cps), Some(4));
+    }
+
+    #[test]
+    fn any_and_all_combine_children() {
+        let cps = run_of(&["7", "7", "7", "7"]);
+        let budget = PolicySpec::Budget { max_tokens: 96 };
+        let cons = PolicySpec::Consistency { window: 2, min_tokens: 0, hedge_filter: false };
+        assert_eq!(first_stop(&PolicySpec::Any { rules: vec![budget.clone(), cons.clone()] }, &cps), Some(1));
+        assert_eq!(first_stop(&PolicySpec::All { rules: vec![budget, cons] }, &cps), Some(2));
+    }
+
+    #[test]
+    fn never_never_stops() {
+        assert_eq!(first_stop(&PolicySpec::Never, &run_of(&["1", "1", "1"])), None);
+    }
+
+    #[test]
+    fn parses_presets_json_and_inline_toml() {
+        assert_eq!(
+            PolicySpec::parse("deer"),
+            Ok(PolicySpec::Confidence { threshold: 0.95, min_tokens: 0 })
+        );
+        assert_eq!(
+            PolicySpec::parse(r#"{"type":"budget","max_tokens":256}"#),
+            Ok(PolicySpec::Budget { max_tokens: 256 })
+        );
+        assert_eq!(
+            PolicySpec::parse(r#"type = "consistency", window = 3"#),
+            Ok(PolicySpec::Consistency { window: 3, min_tokens: 0, hedge_filter: false })
+        );
+        let nested = r#"{"type":"hybrid","floor":64,"cap":512,"rule":{"type":"confidence","threshold":0.9}}"#;
+        assert_eq!(
+            PolicySpec::parse(nested),
+            Ok(PolicySpec::Hybrid {
+                floor: 64,
+                cap: 512,
+                rule: Box::new(PolicySpec::Confidence { threshold: 0.9, min_tokens: 0 })
+            })
+        );
+    }
+
+    #[test]
+    fn toml_tables_deserialize_to_the_same_spec() {
+        let spec: PolicySpec = toml::from_str(
+            "type = \"any\"\n[[rules]]\ntype = \"budget\"\nmax_tokens = 300\n[[rules]]\ntype = \"confidence\"\nthreshold = 0.9\n",
+        )
+        .unwrap();
+        assert_eq!(
+            spec,
+            PolicySpec::Any {
+                rules: vec![
+                    PolicySpec::Budget { max_tokens: 300 },
+                    PolicySpec::Confidence { threshold: 0.9, min_tokens: 0 }
+                ]
+            }
+        );
+    }
+
+    #[test]
+    fn rejects_unknown_fields_presets_and_bad_ranges() {
+        let err = PolicySpec::parse(r#"{"type":"budget","max_tokens":5,"colour":1}"#).unwrap_err();
+        assert!(err.to_string().contains("colour"), "{err}");
+        let err = PolicySpec::parse("dynasor").unwrap_err();
+        assert!(err.to_string().contains("dynasor-cot"), "{err}");
+        let err = PolicySpec::parse(r#"{"type":"confidence","threshold":1.5}"#).unwrap_err();
+        assert!(err.to_string().contains("threshold"), "{err}");
+        let err = PolicySpec::parse(r#"{"type":"any","rules":[]}"#).unwrap_err();
+        assert!(err.to_string().contains("rules"), "{err}");
+        let err = PolicySpec::parse(r#"{"type":"budget","max_tokens":"x"}"#).unwrap_err();
+        assert!(err.to_string().contains("max_tokens"), "{err}");
+    }
+
+    #[test]
+    fn every_preset_is_valid() {
+        for (name, spec, _) in presets() {
+            assert_eq!(spec.validate(), Ok(()), "{name}");
+            assert_eq!(PolicySpec::parse(name), Ok(spec));
+        }
+    }
+}

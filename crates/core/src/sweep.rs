@@ -1,0 +1,301 @@
+//! Threshold sweeps and Pareto frontiers.
+//!
+//! A rule family with one monotone threshold (a higher threshold never stops earlier) stops, for
+//! threshold `t`, at the first checkpoint whose score reaches `t`. So the stop point of *every*
+//! threshold follows from one pass over a trace's prefix maxima, and each stop point's outcome is
+//! added to the whole range of thresholds sharing it through a difference array. A sweep costs
+//! O(checkpoints · log thresholds) per trace, not checkpoints × thresholds.
+
+use serde::Serialize;
+
+use crate::policy::{confidence_score, consistency_key, next_run, LogprobWindow, PolicySpec};
+use crate::replay::{Outcome, Summary, Tally, TraceFacts};
+use crate::trace::Trace;
+
+/// A rule family swept over its one threshold.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(tag = "family", rename_all = "snake_case")]
+pub enum Family {
+    /// Threshold: the token budget.
+    Budget,
+    /// Threshold: the window (equal answers in a row).
+    Consistency { hedge_filter: bool },
+    /// Threshold: the trial answer's mean probability.
+    Confidence,
+    /// Threshold: the window mean log-probability, for a fixed window.
+    LogprobWindow { window: u32 },
+}
+
+impl Family {
+    /// The four families a sweep covers unless told otherwise.
+    pub const DEFAULTS: [Family; 4] =
+        [Family::Budget, Family::Consistency { hedge_filter: true }, Family::Confidence, Family::LogprobWindow { window: 128 }];
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Family::Budget => "budget",
+            Family::Consistency { .. } => "consistency",
+            Family::Confidence => "confidence",
+            Family::LogprobWindow { .. } => "logprob_window",
+        }
+    }
+
+    /// Parses a family name as given on the command line.
+    pub fn parse(name: &str) -> Result<Family, String> {
+        Family::DEFAULTS
+            .into_iter()
+            .find(|f| f.name() == name)
+            .ok_or_else(|| format!("unknown rule family `{name}`; families are: budget, consistency, confidence, logprob_window"))
+    }
+
+    /// The concrete policy at one threshold of the family.
+    pub fn spec(&self, threshold: f64) -> PolicySpec {
+        match *self {
+            Family::Budget => PolicySpec::Budget { max_tokens: threshold as u32 },
+            Family::Consistency { hedge_filter } => {
+                PolicySpec::Consistency { window: threshold as u32, min_tokens: 0, hedge_filter }
+            }
+            Family::Confidence => PolicySpec::Confidence { threshold: threshold as f32, min_tokens: 0 },
+            Family::LogprobWindow { window } => {
+                PolicySpec::LogprobWindow { window, threshold: threshold as f32, min_tokens: 0 }
+            }
+        }
+    }
+
+    /// `n` thresholds, ascending, each exactly representable in the family's spec (so that a
+    /// sweep point and a replay of its spec compare the same numbers).
+    pub fn grid(&self, n: usize, probe_interval: u32) -> Vec<f64> {
+        let n = n.max(1);
+        let mut grid: Vec<f64> = match self {
+            Family::Budget => (1..=n as u32).map(|k| f64::from(k * probe_interval.max(1))).collect(),
+            Family::Consistency { .. } => (1..=n as u32).map(f64::from).collect(),
+            Family::Confidence => (0..n).map(|k| f64::from((k as f64 / (n.max(2) - 1) as f64) as f32)).collect(),
+            // Log-probabilities from -5 to -0.005 on a log scale: fine steps where confident text lives.
+            Family::LogprobWindow { .. } => (0..n)
+                .map(|k| {
+                    let x = (5f64.ln() + (0.005f64.ln() - 5f64.ln()) * k as f64 / (n.max(2) - 1) as f64).exp();
+                    f64::from(-(x as f32))
+                })
+                .collect(),
+        };
+        grid.dedup();
+        grid
+    }
+
+    fn probes_every_checkpoint(&self) -> bool {
+        !matches!(self, Family::Budget)
+    }
+
+    /// Each checkpoint's score: the family's rule stops at the first checkpoint whose score is
+    /// at least the threshold. Must agree with the rule's state machine (property-tested).
+    fn scores(&self, trace: &Trace, out: &mut Vec<f64>) {
+        out.clear();
+        match *self {
+            Family::Budget => out.extend(trace.checkpoints.iter().map(|c| f64::from(c.tokens))),
+            Family::Consistency { hedge_filter } => {
+                let mut last: Option<String> = None;
+                let mut run = 0;
+                for c in &trace.checkpoints {
+                    let key = consistency_key(trace.task, c, hedge_filter);
+                    run = next_run(last.as_deref(), key.as_deref(), run);
+                    last = key;
+                    out.push(f64::from(run));
+                }
+            }
+            Family::Confidence => out.extend(trace.checkpoints.iter().map(|c| f64::from(confidence_score(c)))),
+            Family::LogprobWindow { window } => {
+                let mut w = LogprobWindow::new(window);
+                out.extend(trace.checkpoints.iter().map(|c| {
+                    let mean = w.push(c);
+                    if c.answer.is_empty() {
+                        f64::NEG_INFINITY
+                    } else {
+                        mean
+                    }
+                }));
+            }
+        }
+    }
+}
+
+/// Accumulates a sweep of several families over traces fed one at a time.
+#[derive(Debug, Clone)]
+pub struct Sweep {
+    families: Vec<FamilySweep>,
+    oracle: Tally,
+    scores: Vec<f64>,
+}
+
+#[derive(Debug, Clone)]
+struct FamilySweep {
+    family: Family,
+    thresholds: Vec<f64>,
+    /// Difference array over threshold indices (one extra slot for the end).
+    diff: Vec<Tally>,
+}
+
+/// One threshold of one family, with what it did.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Point {
+    pub family: Family,
+    pub threshold: f64,
+    pub policy: PolicySpec,
+    pub label: String,
+    pub summary: Summary,
+}
+
+/// A finished sweep.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SweepReport {
+    pub points: Vec<Point>,
+    /// The oracle stopper: the bound at zero agreement loss.
+    pub oracle: Summary,
+}
+
+impl Sweep {
+    /// A sweep of `families`, each over its own ascending `thresholds`.
+    pub fn new(families: impl IntoIterator<Item = (Family, Vec<f64>)>) -> Self {
+        let families = families
+            .into_iter()
+            .map(|(family, thresholds)| FamilySweep { diff: vec![Tally::default(); thresholds.len() + 1], family, thresholds })
+            .collect();
+        Sweep { families, oracle: Tally::default(), scores: Vec::new() }
+    }
+
+    /// Adds one trace to every family's sweep and to the oracle.
+    pub fn add(&mut self, trace: &Trace, facts: &TraceFacts) {
+        self.oracle.add(facts, &oracle_outcome(facts));
+        for fs in &mut self.families {
+            fs.family.scores(trace, &mut self.scores);
+            let every = fs.family.probes_every_checkpoint();
+            let mut best = f64::NEG_INFINITY;
+            let mut done = 0; // thresholds below index `done` have stopped already
+            let mut probes = 0u64;
+            for (i, (&score, c)) in self.scores.iter().zip(&facts.checkpoints).enumerate() {
+                probes += u64::from(c.probe_tokens);
+                if score <= best {
+                    continue;
+                }
+                best = score;
+                let reached = fs.thresholds.partition_point(|&t| t <= best);
+                if reached > done {
+                    let outcome = Outcome {
+                        stop: Some(i),
+                        generated: u64::from(c.tokens),
+                        probe_tokens: if every { probes } else { u64::from(c.probe_tokens) },
+                        em: c.em,
+                        agree: c.agree,
+                    };
+                    fs.diff[done].add_scaled(facts, &outcome, 1);
+                    fs.diff[reached].add_scaled(facts, &outcome, -1);
+                    done = reached;
+                }
+            }
+            let full = facts.outcome(None, every);
+            let end = fs.thresholds.len();
+            fs.diff[done].add_scaled(facts, &full, 1);
+            fs.diff[end].add_scaled(facts, &full, -1);
+        }
+    }
+
+    pub fn finish(self) -> SweepReport {
+        let mut points = Vec::new();
+        for fs in self.families {
+            let mut running = Tally::default();
+            for (k, &threshold) in fs.thresholds.iter().enumerate() {
+                running.merge(&fs.diff[k]);
+                let policy = fs.family.spec(threshold);
+                points.push(Point { family: fs.family, threshold, label: policy.label(), policy, summary: running.summary() });
+            }
+        }
+        SweepReport { points, oracle: self.oracle.summary() }
+    }
+}
+
+/// The oracle's outcome on one trace: it stops where the answer has settled and pays one probe.
+pub fn oracle_outcome(facts: &TraceFacts) -> Outcome {
+    facts.outcome(facts.oracle_stop(), false)
+}
+
+/// Indices of the points on the Pareto frontier of (token reduction ↑, quality ↑), where quality
+/// is EM after stopping when items have gold, agreement with the full answer otherwise. Sorted by
+/// token reduction.
+pub fn pareto_frontier(summaries: &[Summary]) -> Vec<usize> {
+    let quality = |s: &Summary| if s.items_with_gold > 0 { s.em_stopped } else { s.agreement };
+    let mut order: Vec<usize> = (0..summaries.len()).collect();
+    // Best saving first; among equal savings the best quality first, so a dominated twin is skipped.
+    order.sort_by(|&a, &b| {
+        let (sa, sb) = (&summaries[a], &summaries[b]);
+        sb.token_reduction.total_cmp(&sa.token_reduction).then(quality(sb).total_cmp(&quality(sa)))
+    });
+    let mut frontier = Vec::new();
+    let mut best_quality = f64::NEG_INFINITY;
+    for i in order {
+        let q = quality(&summaries[i]);
+        if q > best_quality {
+            best_quality = q;
+            frontier.push(i);
+        }
+    }
+    frontier.reverse();
+    frontier
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::replay::replay;
+    use crate::trace::tests::sample;
+
+    fn sweep_one(trace: &Trace, family: Family, thresholds: Vec<f64>) -> SweepReport {
+        let mut s = Sweep::new([(family, thresholds)]);
+        s.add(trace, &TraceFacts::of(trace));
+        s.finish()
+    }
+
+    #[test]
+    fn sweep_points_equal_individual_replays() {
+        let t = sample();
+        let f = TraceFacts::of(&t);
+        for family in Family::DEFAULTS {
+            let grid = family.grid(40, 32);
+            for p in sweep_one(&t, family, grid).points {
+                let mut tally = Tally::default();
+                tally.add(&f, &replay(&p.policy, &t, &f));
+                assert_eq!(p.summary, tally.summary(), "{}", p.label);
+            }
+        }
+    }
+
+    #[test]
+    fn grids_are_ascending_and_round_trip_through_specs() {
+        for family in Family::DEFAULTS {
+            let grid = family.grid(256, 32);
+            assert!(grid.windows(2).all(|w| w[0] < w[1]), "{family:?}");
+            for &t in &grid {
+                let back = match family.spec(t) {
+                    PolicySpec::Budget { max_tokens } => f64::from(max_tokens),
+                    PolicySpec::Consistency { window, .. } => f64::from(window),
+                    PolicySpec::Confidence { threshold, .. } | PolicySpec::LogprobWindow { threshold, .. } => {
+                        f64::from(threshold)
+                    }
+                    other => panic!("unexpected {other:?}"),
+                };
+                assert_eq!(back, t);
+            }
+        }
+    }
+
+    #[test]
+    fn pareto_keeps_only_undominated_points() {
+        let base = {
+            let t = sample();
+            let mut tally = Tally::default();
+            tally.add(&TraceFacts::of(&t), &TraceFacts::of(&t).outcome(None, false));
+            tally.summary()
+        };
+        let point = |reduction: f64, em: f64| Summary { token_reduction: reduction, em_stopped: em, ..base };
+        let points = [point(0.1, 0.9), point(0.2, 0.8), point(0.15, 0.7), point(0.2, 0.85), point(0.0, 0.9)];
+        assert_eq!(pareto_frontier(&points), vec![0, 3]);
+    }
+}

@@ -1,0 +1,245 @@
+//! stopwise-engine: the engines that generate text for stopwise.
+//!
+//! An [`Engine`] streams the tokens of one request as [`Event`]s (each with its log-prob and the
+//! entropy of the distribution it came from) and, when the request carries a [`ProbePlan`], probes
+//! the answer every `interval` generated tokens: it appends the plan's suffix, greedily decodes a
+//! short answer, reports it with its token probabilities, and throws the probe away so that the
+//! generated text is exactly what it would have been without probes.
+//!
+//! [`LlamaEngine`] is the embedded backend (llama.cpp on a GGUF file, several requests decoded in
+//! one batch); [`fetch`] finds or downloads the default model. The trait is object-safe so that an
+//! HTTP upstream can implement it too.
+
+pub mod fetch;
+mod llama;
+mod sampling;
+mod text;
+
+pub use fetch::{
+    default_model_path, fetch_default_model, resolve_model, stopwise_home, FetchError,
+};
+pub use llama::{llama_backend, EngineStats, LlamaConfig, LlamaEngine};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+/// One message of a chat prompt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    /// `system`, `user` or `assistant`.
+    pub role: String,
+    pub content: String,
+}
+
+impl ChatMessage {
+    pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
+        Self {
+            role: role.into(),
+            content: content.into(),
+        }
+    }
+}
+
+/// What the model continues.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Prompt {
+    /// Rendered with the model's chat template, ending with the opening of the assistant's turn.
+    Chat(Vec<ChatMessage>),
+    /// Tokenised as is (special tokens written as text are parsed), with BOS if the model wants it.
+    Raw(String),
+}
+
+/// How real (non-probe) tokens are chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Sampling {
+    /// 0 means greedy (plain argmax of the logits).
+    pub temperature: f32,
+    /// Nucleus sampling: keep the most likely tokens whose probabilities add up to `top_p`; 1 keeps all.
+    pub top_p: f32,
+    /// Seeds the request's own RNG: the same seed gives the same output.
+    pub seed: u64,
+}
+
+impl Sampling {
+    /// Plain argmax decoding.
+    pub const GREEDY: Sampling = Sampling {
+        temperature: 0.0,
+        top_p: 1.0,
+        seed: 0,
+    };
+}
+
+impl Default for Sampling {
+    fn default() -> Self {
+        Self::GREEDY
+    }
+}
+
+/// When and how to probe the answer during generation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbePlan {
+    /// Appended after the generated text to make the model state its answer, e.g.
+    /// `"\n\nFinal answer: "`. Special tokens written as text (`<|im_end|>`) are parsed.
+    pub suffix: String,
+    /// At most this many greedy answer tokens per probe.
+    pub max_tokens: u32,
+    /// Probe after every `interval` generated tokens.
+    pub interval: u32,
+}
+
+/// One generation request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request {
+    pub prompt: Prompt,
+    /// Generated tokens at most (the end-of-generation token counts as one).
+    pub max_tokens: u32,
+    pub sampling: Sampling,
+    /// Generation stops when the text ends with one of these; the stop string is not emitted.
+    pub stop: Vec<String>,
+    pub probe: Option<ProbePlan>,
+}
+
+impl Request {
+    /// Checks what every backend needs from a request, so bad input is an error and never a panic.
+    pub fn validate(&self) -> Result<(), EngineError> {
+        let invalid = |why: &str| Err(EngineError::InvalidRequest(why.to_string()));
+        let Sampling {
+            temperature, top_p, ..
+        } = self.sampling;
+        if !(temperature.is_finite() && temperature >= 0.0) {
+            return invalid("temperature must be a finite number >= 0 (0 means greedy)");
+        }
+        if !(top_p > 0.0 && top_p <= 1.0) {
+            return invalid("top_p must be in (0, 1]");
+        }
+        if self.stop.iter().any(String::is_empty) {
+            return invalid("stop strings must not be empty");
+        }
+        if let Some(plan) = &self.probe {
+            if plan.suffix.is_empty() {
+                return invalid("probe suffix must not be empty");
+            }
+            if plan.max_tokens == 0 || plan.interval == 0 {
+                return invalid("probe max_tokens and interval must be at least 1");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Why generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FinishReason {
+    /// The model ended its turn (end-of-generation token) or a stop string appeared.
+    Stop,
+    /// `max_tokens` reached or the context is full.
+    Length,
+}
+
+/// What a request reports, in order: `Started`, then `Token`s and `Probe`s, then `Done` or `Error`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    Started {
+        prompt_tokens: u32,
+    },
+    /// One generated token, the final end-of-generation token included (its text is empty, except
+    /// that it releases text held back because it might have begun a stop string). `text` is always
+    /// valid UTF-8: bytes of a character split across tokens arrive with the token that completes
+    /// it, so concatenating every `text` gives the detokenised output.
+    Token {
+        text: String,
+        /// Log-probability of this token under the model's unmodified (temperature 1) distribution.
+        logprob: f32,
+        /// Entropy in nats of that distribution.
+        entropy: f32,
+    },
+    /// The answer probed after `after_tokens` generated tokens.
+    Probe {
+        after_tokens: u32,
+        /// Greedy answer, up to the end of its first non-blank line.
+        text: String,
+        /// Number of greedy tokens that make up `text`.
+        tokens: u32,
+        /// Mean and minimum probability (temperature 1) of those tokens; 0 when there are none.
+        mean_prob: f32,
+        min_prob: f32,
+    },
+    Done {
+        finish_reason: FinishReason,
+        /// Number of `Token` events sent.
+        completion_tokens: u32,
+    },
+    /// The request failed; no other event follows.
+    Error(String),
+}
+
+/// Why a request could not be started, or an engine not loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("engine busy: {queue_limit} requests already waiting; retry later")]
+    Busy { queue_limit: usize },
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    #[error("prompt has {prompt_tokens} tokens but a sequence holds at most {limit}; shorten the prompt or raise the context size")]
+    PromptTooLong { prompt_tokens: usize, limit: usize },
+    #[error("cannot load the engine: {0}")]
+    Load(String),
+    #[error("the engine has stopped (its worker exited); restart it")]
+    Stopped,
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
+}
+
+/// A text-generation backend. Object-safe: servers hold it as `Arc<dyn Engine>`.
+pub trait Engine: Send + Sync {
+    /// Name to record in traces, e.g. `SmolLM2-135M-Instruct.Q4_1`.
+    fn model_name(&self) -> &str;
+    /// Starts a request; events arrive on the returned handle. Dropping the handle cancels the
+    /// request and frees its sequence.
+    fn submit(&self, request: Request) -> Result<RequestHandle, EngineError>;
+}
+
+/// The receiving end of one request's events.
+#[derive(Debug)]
+pub struct RequestHandle {
+    // Unbounded on purpose: the engine's single decode loop must never block on one slow
+    // reader, and a request cannot produce more than about 2 × max_tokens events anyway.
+    receiver: mpsc::UnboundedReceiver<Event>,
+}
+
+/// The sending end of one request's events, held by the engine.
+#[derive(Debug, Clone)]
+pub struct EventSender {
+    sender: mpsc::UnboundedSender<Event>,
+}
+
+impl EventSender {
+    /// Sends an event; `false` means the handle was dropped and the request should be cancelled.
+    pub fn send(&self, event: Event) -> bool {
+        self.sender.send(event).is_ok()
+    }
+
+    /// Whether the handle was dropped.
+    pub fn is_closed(&self) -> bool {
+        self.sender.is_closed()
+    }
+}
+
+impl RequestHandle {
+    /// A connected sender/handle pair, for backends.
+    pub fn channel() -> (EventSender, RequestHandle) {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        (EventSender { sender }, RequestHandle { receiver })
+    }
+
+    /// Next event, or `None` once the request is over.
+    pub async fn next(&mut self) -> Option<Event> {
+        self.receiver.recv().await
+    }
+
+    /// Next event from synchronous code. Must not be called from inside an async runtime.
+    pub fn next_blocking(&mut self) -> Option<Event> {
+        self.receiver.blocking_recv()
+    }
+}
