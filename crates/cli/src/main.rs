@@ -1,1 +1,279 @@
-fn main() {}
+//! `stopwise`: the command line. Thin: parsing arguments and printing; the work is in the crates.
+
+mod dataset;
+mod record;
+mod report;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use serde_json::json;
+use stopwise_core::answer::{self, Task};
+use stopwise_core::policy::{presets, PolicySpec};
+use stopwise_core::replay::{replay, Tally, TraceFacts};
+use stopwise_core::sweep::{pareto_frontier, Family, Sweep, SweepReport};
+use stopwise_core::trace::ProbeSettings;
+use stopwise_engine::{fetch_default_model, resolve_model, LlamaConfig, LlamaEngine};
+use stopwise_store::TraceReader;
+
+use crate::report::Row;
+
+#[derive(Parser)]
+#[command(name = "stopwise", version, about = "Early stopping for reasoning LLMs, with the EM cost measured.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Fetch the model, record traces on a bundled GSM8K sample, replay every rule and write a report.
+    #[command(after_help = "Example:\n  stopwise demo --limit 10")]
+    Demo {
+        /// Items of the bundled sample to record (it has 30).
+        #[arg(long, default_value_t = 30)]
+        limit: usize,
+        #[arg(long, default_value = "stopwise-demo")]
+        out_dir: PathBuf,
+        #[arg(long)]
+        model: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Manage the embedded model.
+    Model {
+        #[command(subcommand)]
+        action: ModelAction,
+    },
+    /// Record full runs with probes on a dataset, as trace v1 JSONL (resumable).
+    #[command(after_help = "Example:\n  stopwise run --dataset ../shared/data/gsm8k_test_500.jsonl --task numeric --limit 20 --out traces.jsonl")]
+    Run {
+        #[arg(long)]
+        dataset: PathBuf,
+        #[arg(long)]
+        task: Task,
+        #[arg(long, value_enum)]
+        format: Option<dataset::Format>,
+        #[arg(long)]
+        limit: Option<usize>,
+        #[arg(long, default_value_t = 32)]
+        probe_interval: u32,
+        #[arg(long, default_value = record::DEFAULT_PROBE_SUFFIX)]
+        probe_suffix: String,
+        #[arg(long, default_value_t = 12)]
+        probe_max_tokens: u32,
+        #[arg(long, default_value_t = 512)]
+        max_tokens: u32,
+        /// Sequences decoded together.
+        #[arg(long, default_value_t = 4)]
+        parallel: u32,
+        #[arg(long)]
+        system_prompt: Option<String>,
+        #[arg(long)]
+        model: Option<PathBuf>,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Extract and score one prediction against gold answers.
+    #[command(after_help = "Example:\n  stopwise score --task numeric --gold 1000 'The answer is $1,000.'")]
+    Score {
+        #[arg(long)]
+        task: Task,
+        #[arg(long, required = true)]
+        gold: Vec<String>,
+        prediction: String,
+        /// Accepted for uniformity; the output is always JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replay a stop rule (JSON, `key = value` list or preset name) on a trace file.
+    #[command(after_help = "Examples:\n  stopwise replay --traces data/traces/gsm8k.jsonl.gz --rule dynasor-cot\n  stopwise replay --traces t.jsonl --rule '{\"type\":\"budget\",\"max_tokens\":256}'")]
+    Replay {
+        #[arg(long)]
+        traces: PathBuf,
+        #[arg(long)]
+        rule: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Sweep rule families over thresholds; print the table and Pareto frontier.
+    #[command(after_help = "Example:\n  stopwise sweep --traces t.jsonl --rule consistency --rule confidence --thresholds 32")]
+    Sweep {
+        #[arg(long)]
+        traces: PathBuf,
+        /// Families: budget, consistency, confidence, logprob_window (default: all).
+        #[arg(long = "rule")]
+        rules: Vec<String>,
+        #[arg(long, default_value_t = 32)]
+        thresholds: usize,
+        /// Also write an HTML report with an SVG plot into this folder.
+        #[arg(long)]
+        report: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ModelAction {
+    /// Download the default model (SmolLM2-135M-Instruct Q4_1) and verify its hash.
+    Fetch {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Score { task, gold, prediction, json: _ } => {
+            let extracted = answer::extract(task, &prediction);
+            let em = answer::exact_match(task, &extracted, &gold);
+            let gold: Vec<String> = gold.iter().map(|g| answer::normalize(task, g)).collect();
+            println!("{}", json!({"em": u8::from(em), "pred": answer::normalize(task, &extracted), "gold": gold}));
+            Ok(())
+        }
+        Command::Replay { traces, rule, json } => {
+            let spec = PolicySpec::parse(&rule).with_context(|| format!("--rule `{rule}`"))?;
+            let (_, rows) = evaluate(&traces, &[], 0, &[(spec.label(), spec)])?;
+            print_rows(&rows, json)
+        }
+        Command::Sweep { traces, rules, thresholds, report, json } => {
+            let families = rules.iter().map(|r| Family::parse(r).map_err(anyhow::Error::msg)).collect::<Result<Vec<_>>>()?;
+            let families = if families.is_empty() { Family::DEFAULTS.to_vec() } else { families };
+            let presets: Vec<(String, PolicySpec)> = presets().into_iter().map(|(n, s, _)| (n.to_owned(), s)).collect();
+            let (sweep, rows) = evaluate(&traces, &families, thresholds, &presets)?;
+            if let Some(dir) = report {
+                let path = report::write_html(&dir, "stopwise sweep", &rows, &sweep.oracle)?;
+                eprintln!("report: {}", path.display());
+            }
+            print_rows(&rows, json)
+        }
+        Command::Model { action: ModelAction::Fetch { json } } => {
+            let path = fetch_default_model(|msg| eprintln!("{msg}"))?;
+            if json {
+                println!("{}", json!({"model": path}));
+            } else {
+                println!("{}", path.display());
+            }
+            Ok(())
+        }
+        Command::Run { dataset, task, format, limit, probe_interval, probe_suffix, probe_max_tokens, max_tokens, parallel, system_prompt, model, out, json } => {
+            let (format, mut items) = dataset::read(&dataset, format)?;
+            items.truncate(limit.unwrap_or(usize::MAX));
+            let engine = load_engine(model.as_deref(), task, system_prompt, parallel)?;
+            let settings = record::RecordSettings {
+                dataset_name: format.name().to_owned(),
+                task,
+                probe: ProbeSettings { suffix: probe_suffix, max_tokens: probe_max_tokens, interval: probe_interval },
+                max_tokens,
+                out: out.clone(),
+                in_flight: parallel as usize,
+            };
+            let recorded = record::record(&engine, &items, &settings)?;
+            if json {
+                println!("{}", json!({"recorded": recorded, "out": out}));
+            } else {
+                println!("recorded {recorded} traces into {}", out.display());
+            }
+            Ok(())
+        }
+        Command::Demo { limit, out_dir, model, json } => demo(limit, &out_dir, model.as_deref(), json),
+    }
+}
+
+fn load_engine(model: Option<&Path>, task: Task, system_prompt: Option<String>, parallel: u32) -> Result<LlamaEngine> {
+    let path = resolve_model(model)?;
+    let mut config = LlamaConfig::new(path);
+    config.parallel = parallel.max(1);
+    config.system_prompt = Some(system_prompt.unwrap_or_else(|| record::default_system_prompt(task).to_owned()));
+    Ok(LlamaEngine::load(config)?)
+}
+
+/// Replays `named` rules and sweeps `families` over a trace file in one streaming pass.
+fn evaluate(path: &Path, families: &[Family], thresholds: usize, named: &[(String, PolicySpec)]) -> Result<(SweepReport, Vec<Row>)> {
+    let mut sweep: Option<Sweep> = None;
+    let mut tallies = vec![Tally::default(); named.len()];
+    let mut count = 0usize;
+    for trace in TraceReader::open(path)? {
+        let trace = trace?;
+        let facts = TraceFacts::of(&trace);
+        let sweep = sweep.get_or_insert_with(|| {
+            Sweep::new(families.iter().map(|f| (*f, f.grid(thresholds, trace.probe.interval))))
+        });
+        sweep.add(&trace, &facts);
+        for ((_, spec), tally) in named.iter().zip(&mut tallies) {
+            tally.add(&facts, &replay(spec, &trace, &facts));
+        }
+        count += 1;
+    }
+    let Some(sweep) = sweep.filter(|_| count > 0) else {
+        anyhow::bail!("{}: the file holds no traces", path.display())
+    };
+    let report = sweep.finish();
+    let mut rows: Vec<Row> = named
+        .iter()
+        .zip(&tallies)
+        .map(|((label, _), t)| Row { label: label.clone(), summary: t.summary(), on_frontier: false })
+        .chain(report.points.iter().map(|p| Row { label: p.label.clone(), summary: p.summary, on_frontier: false }))
+        .collect();
+    let summaries: Vec<_> = rows.iter().map(|r| r.summary).collect();
+    for i in pareto_frontier(&summaries) {
+        rows[i].on_frontier = true;
+    }
+    rows.push(Row { label: "oracle (bound)".into(), summary: report.oracle, on_frontier: false });
+    Ok((report, rows))
+}
+
+fn print_rows(rows: &[Row], json: bool) -> Result<()> {
+    if json {
+        let out: Vec<_> = rows.iter().map(|r| json!({"rule": r.label, "pareto": r.on_frontier, "summary": r.summary})).collect();
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        print!("{}", report::table(rows));
+    }
+    Ok(())
+}
+
+fn demo(limit: usize, out_dir: &Path, model: Option<&Path>, json: bool) -> Result<()> {
+    let started = std::time::Instant::now();
+    let model = match model {
+        Some(m) => m.to_owned(),
+        None => resolve_model(None).or_else(|_| fetch_default_model(|msg| eprintln!("{msg}")))?,
+    };
+    let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/samples/gsm8k_sample.jsonl");
+    let (format, mut items) = dataset::read(&sample, Some(dataset::Format::Gsm8k))?;
+    items.truncate(limit);
+    std::fs::create_dir_all(out_dir).with_context(|| format!("{}: cannot create", out_dir.display()))?;
+    let traces = out_dir.join("traces.jsonl");
+    let engine = load_engine(Some(&model), Task::Numeric, None, 4)?;
+    let settings = record::RecordSettings {
+        dataset_name: format.name().to_owned(),
+        task: Task::Numeric,
+        probe: ProbeSettings { suffix: record::DEFAULT_PROBE_SUFFIX.into(), max_tokens: 12, interval: 32 },
+        max_tokens: 384,
+        out: traces.clone(),
+        in_flight: 4,
+    };
+    eprintln!("recording {} GSM8K items with {} into {}", items.len(), model.display(), traces.display());
+    record::record(&engine, &items, &settings)?;
+    let presets: Vec<(String, PolicySpec)> = presets().into_iter().map(|(n, s, _)| (n.to_owned(), s)).collect();
+    let (sweep, rows) = evaluate(&traces, &Family::DEFAULTS, 16, &presets)?;
+    let html = report::write_html(out_dir, "stopwise demo (GSM8K sample, SmolLM2-135M)", &rows, &sweep.oracle)?;
+    print_rows(&rows, json)?;
+    eprintln!("report: {}\nwall time: {:.0} s", html.display(), started.elapsed().as_secs_f64());
+    Ok(())
+}

@@ -1,0 +1,142 @@
+//! `stopwise run`: full runs of a dataset on an engine, with a probe every interval, written as
+//! trace v1. Resumable: ids already in the output file are skipped.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use stopwise_core::answer::{self, Task};
+use stopwise_core::trace::{Checkpoint, Final, ProbeSettings, Trace, TRACE_VERSION};
+use stopwise_engine::{ChatMessage, Engine, Event, FinishReason, ProbePlan, Prompt, Request, RequestHandle, Sampling};
+use stopwise_store::{recorded_ids, TraceWriter};
+
+use crate::dataset::Item;
+
+/// The short explicit system prompt each task gets by default: small models need it.
+pub fn default_system_prompt(task: Task) -> &'static str {
+    match task {
+        Task::Numeric => "You are a careful math tutor. Solve the problem step by step in a few short sentences, then write the final answer on its own line as 'Final answer: <number>'.",
+        Task::Math => "You are a careful math tutor. Solve the problem step by step, then write the final answer as 'Final answer: $<answer>$'.",
+        Task::Text => "Answer the question. Think briefly, then write 'Final answer: <short answer>' with just a few words.",
+    }
+}
+
+pub const DEFAULT_PROBE_SUFFIX: &str = "\n\nFinal answer: ";
+
+pub struct RecordSettings {
+    pub dataset_name: String,
+    pub task: Task,
+    pub probe: ProbeSettings,
+    pub max_tokens: u32,
+    pub out: PathBuf,
+    /// Requests kept in flight (the engine batches them).
+    pub in_flight: usize,
+}
+
+/// Records every item not yet in `settings.out`; returns how many were recorded.
+pub fn record(engine: &dyn Engine, items: &[Item], settings: &RecordSettings) -> Result<usize> {
+    let done = recorded_ids(&settings.out)?;
+    let todo: Vec<&Item> = items.iter().filter(|i| !done.contains(&i.id)).collect();
+    let mut writer = TraceWriter::append(&settings.out)?;
+    let bar = ProgressBar::new(todo.len() as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} traces  {per_sec}  eta {eta}  {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let mut pending: VecDeque<(&Item, RequestHandle)> = VecDeque::new();
+    let mut next = todo.iter();
+    let mut recorded = 0;
+    let mut correct = 0;
+    loop {
+        while pending.len() < settings.in_flight.max(1) {
+            let Some(item) = next.next() else { break };
+            pending.push_back((item, engine.submit(request_for(item, settings))?));
+        }
+        let Some((item, mut handle)) = pending.pop_front() else { break };
+        let trace = collect(engine.model_name(), item, &mut handle, settings).with_context(|| format!("item {}", item.id))?;
+        correct += usize::from(answer::exact_match(trace.task, &trace.final_.answer, &trace.gold));
+        writer.write(&trace)?;
+        recorded += 1;
+        bar.inc(1);
+        bar.set_message(format!("EM {correct}/{recorded}"));
+    }
+    bar.finish();
+    Ok(recorded)
+}
+
+fn request_for(item: &Item, settings: &RecordSettings) -> Request {
+    Request {
+        prompt: Prompt::Chat(vec![ChatMessage::new("user", item.question.clone())]),
+        max_tokens: settings.max_tokens,
+        sampling: Sampling::GREEDY,
+        stop: Vec::new(),
+        probe: Some(ProbePlan {
+            suffix: settings.probe.suffix.clone(),
+            max_tokens: settings.probe.max_tokens,
+            interval: settings.probe.interval,
+        }),
+    }
+}
+
+/// Drains one request's events into a trace.
+fn collect(model: &str, item: &Item, handle: &mut RequestHandle, settings: &RecordSettings) -> Result<Trace> {
+    let task = settings.task;
+    let mut prompt_tokens = 0;
+    let mut text = String::new();
+    let mut checkpoints = Vec::new();
+    let (mut segment_tokens, mut logprob_sum, mut entropy_sum) = (0u32, 0f64, 0f64);
+    while let Some(event) = handle.next_blocking() {
+        match event {
+            Event::Started { prompt_tokens: n } => prompt_tokens = n,
+            Event::Token { text: piece, logprob, entropy } => {
+                text.push_str(&piece);
+                segment_tokens += 1;
+                logprob_sum += f64::from(logprob);
+                entropy_sum += f64::from(entropy);
+            }
+            Event::Probe { after_tokens, text: probe_text, tokens: answer_tokens, mean_prob, min_prob } => {
+                let n = f64::from(segment_tokens.max(1));
+                checkpoints.push(Checkpoint {
+                    tokens: after_tokens,
+                    answer: answer::extract(task, &probe_text),
+                    probe_text,
+                    answer_tokens,
+                    mean_prob,
+                    min_prob,
+                    segment_logprob: (logprob_sum / n).min(0.0) as f32,
+                    segment_entropy: (entropy_sum / n).max(0.0) as f32,
+                });
+                (segment_tokens, logprob_sum, entropy_sum) = (0, 0.0, 0.0);
+            }
+            Event::Done { finish_reason, completion_tokens } => {
+                let finish = match finish_reason {
+                    FinishReason::Stop => "stop",
+                    FinishReason::Length => "length",
+                };
+                let trace = Trace {
+                    v: TRACE_VERSION,
+                    id: item.id.clone(),
+                    dataset: settings.dataset_name.clone(),
+                    task,
+                    question: Some(item.question.clone()),
+                    gold: item.gold.clone(),
+                    model: model.to_owned(),
+                    prompt_tokens,
+                    probe: settings.probe.clone(),
+                    checkpoints,
+                    final_: Final {
+                        tokens: completion_tokens,
+                        answer: answer::extract(task, &text),
+                        finish_reason: finish.into(),
+                        text: None,
+                    },
+                };
+                trace.validate().context("the engine produced an invalid trace")?;
+                return Ok(trace);
+            }
+            Event::Error(message) => bail!("engine error: {message}"),
+        }
+    }
+    bail!("the engine closed the request without finishing it")
+}
