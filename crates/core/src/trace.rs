@@ -113,13 +113,19 @@ pub fn parse_line(line: &str) -> Result<Trace, TraceError> {
     if line.trim().is_empty() {
         return Err(TraceError::Empty);
     }
-    let trace: Trace = serde_json::from_str(line).map_err(|e| version_or_json_error(line, e))?;
+    let de = &mut serde_json::Deserializer::from_str(line);
+    let trace: Trace = serde_path_to_error::deserialize(de).map_err(|e| version_or_json_error(line, e))?;
     trace.validate()?;
     Ok(trace)
 }
 
 /// A wrong version is reported as such even when the rest of the object no longer fits v1.
-fn version_or_json_error(line: &str, err: serde_json::Error) -> TraceError {
+fn version_or_json_error(line: &str, err: serde_path_to_error::Error<serde_json::Error>) -> TraceError {
+    // `field: message` names the field at fault, e.g. `checkpoints[3].mean_prob: invalid type`.
+    let message = match err.path().to_string() {
+        path if path == "." => err.inner().to_string(),
+        path => format!("field `{path}`: {}", err.inner()),
+    };
     #[derive(Deserialize)]
     struct VersionOnly {
         v: Option<serde_json::Value>,
@@ -128,9 +134,9 @@ fn version_or_json_error(line: &str, err: serde_json::Error) -> TraceError {
         Ok(VersionOnly { v: None }) => TraceError::MissingVersion,
         Ok(VersionOnly { v: Some(v) }) => match v.as_u64() {
             Some(found) if found != u64::from(TRACE_VERSION) => TraceError::Version { found },
-            _ => TraceError::Json(err.to_string()),
+            _ => TraceError::Json(message),
         },
-        Err(_) => TraceError::Json(err.to_string()),
+        Err(_) => TraceError::Json(message),
     }
 }
 
@@ -237,7 +243,7 @@ pub(crate) mod tests {
     fn wrong_type_names_the_field() {
         let line = sample().to_line().replace("\"prompt_tokens\":20", "\"prompt_tokens\":\"many\"");
         let err = parse_line(&line).unwrap_err().to_string();
-        assert!(err.contains("invalid type"), "{err}");
+        assert!(err.contains("field `prompt_tokens`: invalid type"), "{err}");
     }
 
     #[test]
