@@ -64,24 +64,44 @@ pub fn read(path: &Path, format: Option<Format>) -> Result<(Format, Vec<Item>)> 
         let value: Value = serde_json::from_str(&line).with_context(at)?;
         let format = match format {
             Some(f) => f,
-            None => *format.insert(Format::detect(&value).with_context(|| format!("{}: cannot tell the dataset layout; pass --format", at()))?),
+            None => *format.insert(
+                Format::detect(&value)
+                    .with_context(|| format!("{}: cannot tell the dataset layout; pass --format", at()))?,
+            ),
         };
         let text = |key: &str| -> Result<String> {
-            value.get(key).and_then(Value::as_str).map(str::to_owned).with_context(|| format!("{}: field `{key}` missing or not a string", at()))
+            value
+                .get(key)
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+                .with_context(|| format!("{}: field `{key}` missing or not a string", at()))
         };
         let list = |key: &str| -> Result<Vec<String>> {
-            let values = value.get(key).and_then(Value::as_array).with_context(|| format!("{}: field `{key}` missing or not a list", at()))?;
-            values.iter().map(|v| v.as_str().map(str::to_owned).with_context(|| format!("{}: field `{key}` holds a non-string", at()))).collect()
+            let values = value
+                .get(key)
+                .and_then(Value::as_array)
+                .with_context(|| format!("{}: field `{key}` missing or not a list", at()))?;
+            values
+                .iter()
+                .map(|v| {
+                    v.as_str().map(str::to_owned).with_context(|| format!("{}: field `{key}` holds a non-string", at()))
+                })
+                .collect()
         };
         let default_id = format!("{}-{index}", format.name());
         let item = match format {
             Format::Gsm8k => {
                 let solution = text("answer")?;
-                let gold = gold_from_gsm8k_solution(&solution).with_context(|| format!("{}: field `answer` has no `#### N` line", at()))?;
+                let gold = gold_from_gsm8k_solution(&solution)
+                    .with_context(|| format!("{}: field `answer` has no `#### N` line", at()))?;
                 Item { id: default_id, question: text("question")?, gold: vec![gold] }
             }
             Format::Nq => Item { id: default_id, question: text("question")?, gold: list("answer")? },
-            Format::Math => Item { id: text("unique_id").unwrap_or(default_id), question: text("problem")?, gold: vec![text("answer")?] },
+            Format::Math => Item {
+                id: text("unique_id").unwrap_or(default_id),
+                question: text("problem")?,
+                gold: vec![text("answer")?],
+            },
             Format::Generic => Item { id: text("id")?, question: text("question")?, gold: list("gold")? },
         };
         items.push(item);

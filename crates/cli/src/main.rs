@@ -48,7 +48,9 @@ enum Command {
         action: ModelAction,
     },
     /// Record full runs with probes on a dataset, as trace v1 JSONL (resumable).
-    #[command(after_help = "Example:\n  stopwise run --dataset ../shared/data/gsm8k_test_500.jsonl --task numeric --limit 20 --out traces.jsonl")]
+    #[command(
+        after_help = "Example:\n  stopwise run --dataset ../shared/data/gsm8k_test_500.jsonl --task numeric --limit 20 --out traces.jsonl"
+    )]
     Run {
         #[arg(long)]
         dataset: PathBuf,
@@ -91,7 +93,9 @@ enum Command {
         json: bool,
     },
     /// Replay a stop rule (JSON, `key = value` list or preset name) on a trace file.
-    #[command(after_help = "Examples:\n  stopwise replay --traces data/traces/gsm8k.jsonl.gz --rule dynasor-cot\n  stopwise replay --traces t.jsonl --rule '{\"type\":\"budget\",\"max_tokens\":256}'")]
+    #[command(
+        after_help = "Examples:\n  stopwise replay --traces data/traces/gsm8k.jsonl.gz --rule dynasor-cot\n  stopwise replay --traces t.jsonl --rule '{\"type\":\"budget\",\"max_tokens\":256}'"
+    )]
     Replay {
         #[arg(long)]
         traces: PathBuf,
@@ -101,7 +105,9 @@ enum Command {
         json: bool,
     },
     /// Sweep rule families over thresholds; print the table and Pareto frontier.
-    #[command(after_help = "Example:\n  stopwise sweep --traces t.jsonl --rule consistency --rule confidence --thresholds 32")]
+    #[command(
+        after_help = "Example:\n  stopwise sweep --traces t.jsonl --rule consistency --rule confidence --thresholds 32"
+    )]
     Sweep {
         #[arg(long)]
         traces: PathBuf,
@@ -152,7 +158,8 @@ fn run(cli: Cli) -> Result<()> {
             print_rows(&rows, json)
         }
         Command::Sweep { traces, rules, thresholds, report, json } => {
-            let families = rules.iter().map(|r| Family::parse(r).map_err(anyhow::Error::msg)).collect::<Result<Vec<_>>>()?;
+            let families =
+                rules.iter().map(|r| Family::parse(r).map_err(anyhow::Error::msg)).collect::<Result<Vec<_>>>()?;
             let families = if families.is_empty() { Family::DEFAULTS.to_vec() } else { families };
             let presets: Vec<(String, PolicySpec)> = presets().into_iter().map(|(n, s, _)| (n.to_owned(), s)).collect();
             let (sweep, rows) = evaluate(&traces, &families, thresholds, &presets)?;
@@ -171,7 +178,21 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Run { dataset, task, format, limit, probe_interval, probe_suffix, probe_max_tokens, max_tokens, parallel, system_prompt, model, out, json } => {
+        Command::Run {
+            dataset,
+            task,
+            format,
+            limit,
+            probe_interval,
+            probe_suffix,
+            probe_max_tokens,
+            max_tokens,
+            parallel,
+            system_prompt,
+            model,
+            out,
+            json,
+        } => {
             let (format, mut items) = dataset::read(&dataset, format)?;
             items.truncate(limit.unwrap_or(usize::MAX));
             let engine = load_engine(model.as_deref(), task, system_prompt, parallel)?;
@@ -204,16 +225,20 @@ fn load_engine(model: Option<&Path>, task: Task, system_prompt: Option<String>, 
 }
 
 /// Replays `named` rules and sweeps `families` over a trace file in one streaming pass.
-fn evaluate(path: &Path, families: &[Family], thresholds: usize, named: &[(String, PolicySpec)]) -> Result<(SweepReport, Vec<Row>)> {
+fn evaluate(
+    path: &Path,
+    families: &[Family],
+    thresholds: usize,
+    named: &[(String, PolicySpec)],
+) -> Result<(SweepReport, Vec<Row>)> {
     let mut sweep: Option<Sweep> = None;
     let mut tallies = vec![Tally::default(); named.len()];
     let mut count = 0usize;
     for trace in TraceReader::open(path)? {
         let trace = trace?;
         let facts = TraceFacts::of(&trace);
-        let sweep = sweep.get_or_insert_with(|| {
-            Sweep::new(families.iter().map(|f| (*f, f.grid(thresholds, trace.probe.interval))))
-        });
+        let sweep = sweep
+            .get_or_insert_with(|| Sweep::new(families.iter().map(|f| (*f, f.grid(thresholds, trace.probe.interval)))));
         sweep.add(&trace, &facts);
         for ((_, spec), tally) in named.iter().zip(&mut tallies) {
             tally.add(&facts, &replay(spec, &trace, &facts));
@@ -240,7 +265,8 @@ fn evaluate(path: &Path, families: &[Family], thresholds: usize, named: &[(Strin
 
 fn print_rows(rows: &[Row], json: bool) -> Result<()> {
     if json {
-        let out: Vec<_> = rows.iter().map(|r| json!({"rule": r.label, "pareto": r.on_frontier, "summary": r.summary})).collect();
+        let out: Vec<_> =
+            rows.iter().map(|r| json!({"rule": r.label, "pareto": r.on_frontier, "summary": r.summary})).collect();
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
         print!("{}", report::table(rows));

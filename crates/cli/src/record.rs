@@ -54,7 +54,8 @@ pub fn record(engine: &dyn Engine, items: &[Item], settings: &RecordSettings) ->
             pending.push_back((item, engine.submit(request_for(item, settings))?));
         }
         let Some((item, mut handle)) = pending.pop_front() else { break };
-        let trace = collect(engine.model_name(), item, &mut handle, settings).with_context(|| format!("item {}", item.id))?;
+        let trace =
+            collect(engine.model_name(), item, &mut handle, settings).with_context(|| format!("item {}", item.id))?;
         correct += usize::from(answer::exact_match(trace.task, &trace.final_.answer, &trace.gold));
         writer.write(&trace)?;
         recorded += 1;

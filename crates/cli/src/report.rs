@@ -101,7 +101,10 @@ fn pareto_svg(rows: &[Row], oracle: &Summary) -> Result<String> {
             .draw()
             .map_err(plot_error)?;
         chart
-            .draw_series(rows.iter().map(|r| Circle::new((r.summary.token_reduction, r.summary.em_stopped), 2, BLUE.mix(0.4).filled())))
+            .draw_series(
+                rows.iter()
+                    .map(|r| Circle::new((r.summary.token_reduction, r.summary.em_stopped), 2, BLUE.mix(0.4).filled())),
+            )
             .map_err(plot_error)?;
         let mut frontier: Vec<(f64, f64)> =
             rows.iter().filter(|r| r.on_frontier).map(|r| (r.summary.token_reduction, r.summary.em_stopped)).collect();

@@ -156,20 +156,14 @@ pub fn extract(task: Task, text: &str) -> String {
     }
     if let Some(rest) = after_last_marker(text) {
         return match task {
-            Task::Numeric => number_tokens(rest)
-                .into_iter()
-                .next()
-                .map(|n| n.text)
-                .unwrap_or_default(),
+            Task::Numeric => number_tokens(rest).into_iter().next().map(|n| n.text).unwrap_or_default(),
             Task::Math => math_answer(rest),
             Task::Text => clean_text_answer(first_sentence(rest, true)),
         };
     }
     let text = before_unmatched_close(text).unwrap_or(text);
     match task {
-        Task::Numeric => leading_number(text)
-            .or_else(|| number_tokens(text).pop().map(|n| n.text))
-            .unwrap_or_default(),
+        Task::Numeric => leading_number(text).or_else(|| number_tokens(text).pop().map(|n| n.text)).unwrap_or_default(),
         Task::Math => math_answer(text),
         Task::Text => clean_text_answer(first_sentence(text, true)),
     }
@@ -242,17 +236,13 @@ fn contains_word(haystack: &str, word: &str) -> bool {
         matches!((rev.next(), rev.next()), (Some(a), Some(b)) if a == b && a.is_alphabetic())
     };
     haystack.match_indices(word).any(|(pos, _)| {
-        let before_ok = !word.starts_with(is_word_char)
-            || !haystack[..pos]
-                .chars()
-                .next_back()
-                .is_some_and(is_word_char);
+        let before_ok =
+            !word.starts_with(is_word_char) || !haystack[..pos].chars().next_back().is_some_and(is_word_char);
         let mut after = haystack[pos + word.len()..].chars().peekable();
         if doubled {
             while after.next_if(|&c| Some(c) == last).is_some() {}
         }
-        let after_ok =
-            !word.ends_with(is_word_char) || !after.peek().is_some_and(|&c| is_word_char(c));
+        let after_ok = !word.ends_with(is_word_char) || !after.peek().is_some_and(|&c| is_word_char(c));
         before_ok && after_ok
     })
 }
@@ -263,21 +253,17 @@ fn contains_word(haystack: &str, word: &str) -> bool {
 
 /// Abbreviations whose period does not end a sentence in a text answer.
 const ABBREVIATIONS: &[&str] = &[
-    "Mr", "Mrs", "Ms", "Dr", "St", "Jr", "Sr", "Mt", "Ft", "Gen", "Col", "Lt", "Sgt", "Capt",
-    "Prof", "Rev", "Gov", "Sen", "Rep", "vs", "etc", "No",
+    "Mr", "Mrs", "Ms", "Dr", "St", "Jr", "Sr", "Mt", "Ft", "Gen", "Col", "Lt", "Sgt", "Capt", "Prof", "Rev", "Gov",
+    "Sen", "Rep", "vs", "etc", "No",
 ];
 
 /// The text before a line that starts a new few-shot example (see [`extract`], rule 0).
 fn before_next_example(text: &str) -> &str {
     let mut line_start = 0;
     for line in text.split_inclusive('\n') {
-        let head = line
-            .trim_start()
-            .trim_start_matches(['*', '#'])
-            .trim_start();
+        let head = line.trim_start().trim_start_matches(['*', '#']).trim_start();
         let head = head.get(..9).unwrap_or(head).to_ascii_lowercase();
-        let opens_example =
-            head.starts_with("question:") || head.starts_with("q:") || head.starts_with("problem:");
+        let opens_example = head.starts_with("question:") || head.starts_with("q:") || head.starts_with("problem:");
         if opens_example && !text[..line_start].trim().is_empty() {
             return &text[..line_start];
         }
@@ -291,9 +277,8 @@ fn last_boxed(text: &str) -> Option<&str> {
     ["\\boxed", "\\fbox"]
         .iter()
         .flat_map(|name| {
-            text.match_indices(name).filter_map(|(pos, _)| {
-                boxed_argument(&text[pos + name.len()..]).map(|arg| (pos, arg))
-            })
+            text.match_indices(name)
+                .filter_map(|(pos, _)| boxed_argument(&text[pos + name.len()..]).map(|arg| (pos, arg)))
         })
         .max_by_key(|&(pos, _)| pos)
         .map(|(_, arg)| arg)
@@ -309,9 +294,7 @@ fn boxed_argument(s: &str) -> Option<&str> {
         return matching_brace(t).map(|close| &t[1..close]);
     }
     // `\boxed 5`: TeX takes the next token as the argument.
-    let end = t
-        .find(|c: char| c.is_whitespace() || c == '$')
-        .unwrap_or(t.len());
+    let end = t.find(|c: char| c.is_whitespace() || c == '$').unwrap_or(t.len());
     (s.starts_with(' ') && end > 0).then(|| &t[..end])
 }
 
@@ -367,22 +350,16 @@ fn after_last_marker(text: &str) -> Option<&str> {
             let after = lower[pos..].trim_start_matches('#');
             let number = after
                 .trim_start_matches([' ', '\t'])
-                .starts_with(|c: char| {
-                    c.is_ascii_digit() || matches!(c, '-' | '+' | '$' | '.' | '\\' | '\u{2212}')
-                });
+                .starts_with(|c: char| c.is_ascii_digit() || matches!(c, '-' | '+' | '$' | '.' | '\\' | '\u{2212}'));
             number.then_some(lower.len() - after.len())
         })
         .last();
-    let answer = lower
-        .rmatch_indices("answer")
-        .find_map(|(pos, _)| marker_end(&lower, pos));
+    let answer = lower.rmatch_indices("answer").find_map(|(pos, _)| marker_end(&lower, pos));
     let end = match (hashes, answer) {
         (Some(h), Some(a)) => h.max(a),
         (h, a) => h.or(a)?,
     };
-    Some(
-        text[end..].trim_start_matches(|c: char| c.is_whitespace() || matches!(c, '*' | '_' | ':')),
-    )
+    Some(text[end..].trim_start_matches(|c: char| c.is_whitespace() || matches!(c, '*' | '_' | ':')))
 }
 
 /// Where the answer starts when the word `answer` at `pos` of `lower` is a marker.
@@ -407,9 +384,7 @@ fn marker_end(lower: &str, pos: usize) -> Option<usize> {
         }
     }
     // "**Final Answer**" as a heading, the answer on the next lines.
-    let heading = lower[..pos]
-        .trim_end_matches([' ', '*', '_'])
-        .ends_with("final");
+    let heading = lower[..pos].trim_end_matches([' ', '*', '_']).ends_with("final");
     (heading && (skipped.is_empty() || skipped.starts_with(['\n', '\r']))).then_some(at)
 }
 
@@ -421,11 +396,7 @@ fn math_answer(s: &str) -> String {
     for (open, close) in spans {
         if let Some(body) = t.strip_prefix(open) {
             if let Some(end) = find_unescaped(body, close) {
-                return body[..end]
-                    .trim()
-                    .trim_end_matches('.')
-                    .trim_end()
-                    .to_owned();
+                return body[..end].trim().trim_end_matches('.').trim_end().to_owned();
             }
             // An unclosed span (truncated probe): the line without its opening delimiter.
             return first_sentence(body, false).to_owned();
@@ -463,10 +434,8 @@ fn first_sentence(s: &str, abbreviations: bool) -> &str {
     while let Some((i, c)) = chars.next() {
         let at_end = !matches!(chars.peek(), Some(&(_, n)) if !n.is_whitespace());
         if matches!(c, '.' | '!' | '?') && at_end {
-            let continues = c == '.'
-                && abbreviations
-                && is_abbreviation(&line[..i])
-                && !starts_sentence(&line[i + 1..]);
+            let continues =
+                c == '.' && abbreviations && is_abbreviation(&line[..i]) && !starts_sentence(&line[i + 1..]);
             if !continues {
                 return line[..i].trim();
             }
@@ -481,14 +450,9 @@ fn is_abbreviation(before: &str) -> bool {
     if before.ends_with('.') {
         return false;
     }
-    let word = before
-        .rsplit(char::is_whitespace)
-        .next()
-        .unwrap_or("")
-        .trim_start_matches(|c: char| !c.is_alphanumeric());
-    let short_letters = |part: &str| {
-        (1..=2).contains(&part.chars().count()) && part.chars().all(char::is_alphabetic)
-    };
+    let word =
+        before.rsplit(char::is_whitespace).next().unwrap_or("").trim_start_matches(|c: char| !c.is_alphanumeric());
+    let short_letters = |part: &str| (1..=2).contains(&part.chars().count()) && part.chars().all(char::is_alphabetic);
     let initial = word.chars().count() == 1 && short_letters(word);
     let dotted = word.contains('.') && word.split('.').all(short_letters);
     initial || dotted || ABBREVIATIONS.contains(&word)
@@ -537,13 +501,8 @@ const SENTENCE_STARTERS: &[&str] = &[
 
 /// Whether the text after a period begins with a capitalised word of [`SENTENCE_STARTERS`].
 fn starts_sentence(after: &str) -> bool {
-    let word: String = after
-        .trim_start()
-        .chars()
-        .take_while(|c| c.is_alphabetic())
-        .collect();
-    word.starts_with(char::is_uppercase)
-        && SENTENCE_STARTERS.contains(&word.to_lowercase().as_str())
+    let word: String = after.trim_start().chars().take_while(|c| c.is_alphabetic()).collect();
+    word.starts_with(char::is_uppercase) && SENTENCE_STARTERS.contains(&word.to_lowercase().as_str())
 }
 
 /// A text answer without LaTeX text wrappers, math delimiters, bold and trailing periods.
@@ -561,12 +520,7 @@ fn clean_text_answer(s: &str) -> String {
         }
     }
     let out = out.replace("\\(", "").replace("\\)", "").replace('$', "");
-    out.trim()
-        .trim_matches(['*', '_'])
-        .trim()
-        .trim_end_matches('.')
-        .trim_end()
-        .to_owned()
+    out.trim().trim_matches(['*', '_']).trim().trim_end_matches('.').trim_end().to_owned()
 }
 
 /// A number written in text: its byte span and its text (sign and digits, no currency).
@@ -592,8 +546,7 @@ fn number_tokens(s: &str) -> Vec<NumberToken> {
         if at(j) == Some('$') {
             j += 1;
         }
-        let sign_allowed = j == 0
-            || !at(j - 1).is_some_and(|p| p.is_alphanumeric() || matches!(p, ')' | ']' | '}'));
+        let sign_allowed = j == 0 || !at(j - 1).is_some_and(|p| p.is_alphanumeric() || matches!(p, ')' | ']' | '}'));
         let negative = sign_allowed && matches!(at(j), Some('-' | '\u{2212}'));
         if negative {
             j += 1;
@@ -623,11 +576,7 @@ fn number_tokens(s: &str) -> Vec<NumberToken> {
         }
         let mut text = String::from(if negative { "-" } else { "" });
         text.extend(chars[first_digit..j].iter().map(|&(_, c)| c));
-        out.push(NumberToken {
-            start: byte(i),
-            end: byte(j),
-            text,
-        });
+        out.push(NumberToken { start: byte(i), end: byte(j), text });
         i = j;
     }
     out
@@ -664,11 +613,7 @@ fn first_sentence_span(s: &str) -> &str {
 fn normalize_text(s: &str) -> String {
     let lower = s.to_lowercase();
     let no_punct: String = lower.chars().filter(|&c| !is_punctuation(c)).collect();
-    no_punct
-        .split_whitespace()
-        .filter(|w| !matches!(*w, "a" | "an" | "the"))
-        .collect::<Vec<_>>()
-        .join(" ")
+    no_punct.split_whitespace().filter(|w| !matches!(*w, "a" | "an" | "the")).collect::<Vec<_>>().join(" ")
 }
 
 /// ASCII punctuation (SQuAD's `string.punctuation`), Latin-1 punctuation and the Unicode
@@ -678,14 +623,7 @@ fn is_punctuation(c: char) -> bool {
         || (!c.is_whitespace()
             && matches!(
                 c,
-                '\u{a1}'
-                    | '\u{a7}'
-                    | '\u{ab}'
-                    | '\u{b6}'
-                    | '\u{b7}'
-                    | '\u{bb}'
-                    | '\u{bf}'
-                    | '\u{2010}'..='\u{205e}'
+                '\u{a1}' | '\u{a7}' | '\u{ab}' | '\u{b6}' | '\u{b7}' | '\u{bb}' | '\u{bf}' | '\u{2010}'..='\u{205e}'
             ))
 }
 
@@ -732,16 +670,7 @@ const MAX_MATH_PASSES: usize = 8;
 const MAX_BRACE_DEPTH: usize = 32;
 
 /// Commands whose argument is text: kept as content, or dropped as a unit after a number.
-const TEXT_COMMANDS: &[&str] = &[
-    "text",
-    "textbf",
-    "textit",
-    "textrm",
-    "textnormal",
-    "textup",
-    "mbox",
-    "mathrm",
-];
+const TEXT_COMMANDS: &[&str] = &["text", "textbf", "textit", "textrm", "textnormal", "textup", "mbox", "mathrm"];
 
 /// One pass of the math clean-up (see [`normalize`]).
 fn math_pass(s: &str) -> String {
@@ -805,10 +734,7 @@ fn tokenize(s: &str) -> Vec<Tok> {
 
 /// Tokens up to the `}` closing the current group (or the end; an unclosed group is closed
 /// there). A `}` that closes nothing stays a character.
-fn tokenize_group(
-    chars: &mut std::iter::Peekable<std::str::Chars<'_>>,
-    in_group: bool,
-) -> Vec<Tok> {
+fn tokenize_group(chars: &mut std::iter::Peekable<std::str::Chars<'_>>, in_group: bool) -> Vec<Tok> {
     let mut out = Vec::new();
     while let Some(c) = chars.next() {
         match c {
@@ -837,10 +763,7 @@ fn tokenize_group(
 fn is_noise(tok: &Tok) -> bool {
     match tok {
         Tok::Ch(c) => c.is_whitespace() || matches!(c, '$' | '~' | '%' | '\u{b0}'),
-        Tok::Sym(c) => {
-            c.is_whitespace()
-                || matches!(c, ',' | ';' | ':' | '!' | '$' | '%' | '(' | ')' | '[' | ']')
-        }
+        Tok::Sym(c) => c.is_whitespace() || matches!(c, ',' | ';' | ':' | '!' | '$' | '%' | '(' | ')' | '[' | ']'),
         Tok::Cmd(name) => matches!(
             name.as_str(),
             "displaystyle"
@@ -868,10 +791,7 @@ fn skip_space(toks: &[Tok], i: usize) -> usize {
         Tok::Sym(c) => c.is_whitespace() || matches!(c, ',' | ';' | ':' | '!'),
         _ => false,
     };
-    toks[i.min(toks.len())..]
-        .iter()
-        .position(|t| !spacing(t))
-        .map_or(toks.len(), |p| i + p)
+    toks[i.min(toks.len())..].iter().position(|t| !spacing(t)).map_or(toks.len(), |p| i + p)
 }
 
 /// The argument of a command or of `^`/`_` at `i`: a group's content or a single token,
@@ -1036,9 +956,7 @@ fn strip_assignment(s: &str) -> &str {
     let base_len = if lhs.starts_with(|c: char| c.is_ascii_alphabetic()) {
         1
     } else if let Some(name) = lhs.strip_prefix('\\') {
-        let letters = name
-            .find(|c: char| !c.is_ascii_alphabetic())
-            .unwrap_or(name.len());
+        let letters = name.find(|c: char| !c.is_ascii_alphabetic()).unwrap_or(name.len());
         if letters == 0 {
             return s;
         }
@@ -1070,9 +988,7 @@ fn strip_thousands(s: &str) -> String {
         }
     });
     let mut groups = int_part.split(',');
-    let head_ok = groups
-        .next()
-        .is_some_and(|g| (1..=3).contains(&g.len()) && g.bytes().all(|b| b.is_ascii_digit()));
+    let head_ok = groups.next().is_some_and(|g| (1..=3).contains(&g.len()) && g.bytes().all(|b| b.is_ascii_digit()));
     let rest_ok = groups.all(|g| g.len() == 3 && g.bytes().all(|b| b.is_ascii_digit()));
     if head_ok && rest_ok && int_part.contains(',') {
         s.replace(',', "")
@@ -1085,9 +1001,7 @@ fn strip_thousands(s: &str) -> String {
 fn strip_choice(s: &str) -> String {
     let inner = s.strip_prefix('(').and_then(|r| r.strip_suffix(')'));
     match inner {
-        Some(letter) if letter.len() == 1 && letter.bytes().all(|b| b.is_ascii_alphabetic()) => {
-            letter.to_owned()
-        }
+        Some(letter) if letter.len() == 1 && letter.bytes().all(|b| b.is_ascii_alphabetic()) => letter.to_owned(),
         _ => s.to_owned(),
     }
 }
@@ -1118,10 +1032,7 @@ fn trim_decimal_zeros(s: &str) -> String {
             i += len;
             continue;
         }
-        let digits_end = bytes[i + 1..]
-            .iter()
-            .position(|b| !b.is_ascii_digit())
-            .map_or(bytes.len(), |p| i + 1 + p);
+        let digits_end = bytes[i + 1..].iter().position(|b| !b.is_ascii_digit()).map_or(bytes.len(), |p| i + 1 + p);
         let fraction = s[i + 1..digits_end].trim_end_matches('0');
         if !fraction.is_empty() {
             out.push('.');
@@ -1196,36 +1107,22 @@ impl Rational {
             return None;
         }
         let g = gcd(num, den);
-        Some(Self {
-            negative: negative && num != 0,
-            num: num / g,
-            den: den / g,
-        })
+        Some(Self { negative: negative && num != 0, num: num / g, den: den / g })
     }
 
     /// `self / other`; `None` on overflow or division by zero.
     fn div(self, other: Self) -> Option<Self> {
-        Self::new(
-            self.negative != other.negative,
-            self.num.checked_mul(other.den)?,
-            self.den.checked_mul(other.num)?,
-        )
+        Self::new(self.negative != other.negative, self.num.checked_mul(other.den)?, self.den.checked_mul(other.num)?)
     }
 
     /// `self + other` for non-negative numbers (mixed numbers); `None` on overflow.
     fn add_unsigned(self, other: Self) -> Option<Self> {
-        let num = self
-            .num
-            .checked_mul(other.den)?
-            .checked_add(other.num.checked_mul(self.den)?)?;
+        let num = self.num.checked_mul(other.den)?.checked_add(other.num.checked_mul(self.den)?)?;
         Self::new(false, num, self.den.checked_mul(other.den)?)
     }
 
     fn negate_if(self, negative: bool) -> Self {
-        Self {
-            negative: self.negative != negative && self.num != 0,
-            ..self
-        }
+        Self { negative: self.negative != negative && self.num != 0, ..self }
     }
 
     /// The shortest decimal when the denominator divides a power of ten (`0.5`, `-12`),
@@ -1243,9 +1140,7 @@ impl Rational {
         }
         if rest == 1 {
             let places = twos.max(fives);
-            let scaled = 10u128
-                .checked_pow(places)
-                .and_then(|p| (p / self.den).checked_mul(self.num).map(|s| (s, p)));
+            let scaled = 10u128.checked_pow(places).and_then(|p| (p / self.den).checked_mul(self.num).map(|s| (s, p)));
             if let Some((scaled, power)) = scaled {
                 let (int, frac) = (scaled / power, scaled % power);
                 return if places == 0 {
@@ -1274,11 +1169,7 @@ fn parse_unsigned_decimal(s: &str) -> Option<Rational> {
         return None;
     }
     let num: u128 = format!("{int}{frac}").parse().ok()?;
-    Rational::new(
-        false,
-        num,
-        10u128.checked_pow(u32::try_from(frac.len()).ok()?)?,
-    )
+    Rational::new(false, num, 10u128.checked_pow(u32::try_from(frac.len()).ok()?)?)
 }
 
 /// A decimal literal with an optional sign.
@@ -1510,16 +1401,8 @@ mod tests {
     #[test]
     fn exact_match_table() {
         for &(task, a, b, expected) in MATCH_CASES {
-            assert_eq!(
-                exact_match(task, a, &gold(&[b])),
-                expected,
-                "{task}: {a:?} vs {b:?}"
-            );
-            assert_eq!(
-                exact_match(task, b, &gold(&[a])),
-                expected,
-                "{task}: {b:?} vs {a:?}"
-            );
+            assert_eq!(exact_match(task, a, &gold(&[b])), expected, "{task}: {a:?} vs {b:?}");
+            assert_eq!(exact_match(task, b, &gold(&[a])), expected, "{task}: {b:?} vs {a:?}");
         }
     }
 
@@ -1605,10 +1488,7 @@ mod tests {
         for task in [Task::Text, Task::Numeric, Task::Math] {
             assert_eq!(task.to_string().parse::<Task>(), Ok(task));
             assert_eq!(task.to_string().to_uppercase().parse::<Task>(), Ok(task));
-            assert_eq!(
-                serde_json::to_string(&task).ok(),
-                Some(format!("\"{task}\""))
-            );
+            assert_eq!(serde_json::to_string(&task).ok(), Some(format!("\"{task}\"")));
         }
     }
 
@@ -1628,28 +1508,16 @@ mod tests {
     fn gsm8k_gold() {
         let solution = "Janet sells 16 - 3 - 4 = <<16-3-4=9>>9 duck eggs a day.\n#### 18";
         assert_eq!(gold_from_gsm8k_solution(solution).as_deref(), Some("18"));
-        assert_eq!(
-            gold_from_gsm8k_solution("a #### 1\n#### 2,125 \n").as_deref(),
-            Some("2,125")
-        );
+        assert_eq!(gold_from_gsm8k_solution("a #### 1\n#### 2,125 \n").as_deref(), Some("2,125"));
         assert_eq!(gold_from_gsm8k_solution("no answer line"), None);
         assert_eq!(gold_from_gsm8k_solution("#### "), None);
     }
 
     #[test]
     fn rationals_are_exact() {
-        assert_eq!(
-            parse_number("0.1").map(Rational::canonical).as_deref(),
-            Some("0.1")
-        );
-        assert_eq!(
-            parse_number("1/8").map(Rational::canonical).as_deref(),
-            Some("0.125")
-        );
-        assert_eq!(
-            parse_number("-4/6").map(Rational::canonical).as_deref(),
-            Some("-2/3")
-        );
+        assert_eq!(parse_number("0.1").map(Rational::canonical).as_deref(), Some("0.1"));
+        assert_eq!(parse_number("1/8").map(Rational::canonical).as_deref(), Some("0.125"));
+        assert_eq!(parse_number("-4/6").map(Rational::canonical).as_deref(), Some("-2/3"));
         assert_eq!(parse_number("1/0"), None);
         assert_eq!(parse_number("1,000"), None);
     }

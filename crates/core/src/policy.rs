@@ -66,7 +66,11 @@ pub fn presets() -> Vec<(&'static str, PolicySpec, &'static str)> {
         ("dynasor-cot", consistency(2), "Dynasor-CoT: probe every 32 tokens, stop after 2 equal confident answers"),
         ("dynasor-cot-w3", consistency(3), "Dynasor-CoT, milder: 3 equal answers in a row"),
         ("dynasor-cot-w4", consistency(4), "Dynasor-CoT, mildest: 4 equal answers in a row"),
-        ("deer", PolicySpec::Confidence { threshold: 0.95, min_tokens: 0 }, "DEER: trial answer mean probability >= 0.95"),
+        (
+            "deer",
+            PolicySpec::Confidence { threshold: 0.95, min_tokens: 0 },
+            "DEER: trial answer mean probability >= 0.95",
+        ),
         (
             "deepconf-low",
             PolicySpec::LogprobWindow { window: 128, threshold: -0.35, min_tokens: 0 },
@@ -101,14 +105,12 @@ impl PolicySpec {
         } else if text.contains('=') {
             toml_like(text)?
         } else {
-            return presets()
-                .into_iter()
-                .find(|(name, _, _)| *name == text)
-                .map(|(_, spec, _)| spec)
-                .ok_or_else(|| PolicyError::UnknownPreset {
+            return presets().into_iter().find(|(name, _, _)| *name == text).map(|(_, spec, _)| spec).ok_or_else(
+                || PolicyError::UnknownPreset {
                     name: text.to_owned(),
                     known: presets().iter().map(|p| p.0).collect::<Vec<_>>().join(", "),
-                });
+                },
+            );
         };
         spec.validate()?;
         Ok(spec)
@@ -149,7 +151,9 @@ impl PolicySpec {
         match self {
             PolicySpec::Budget { .. } | PolicySpec::Never => false,
             PolicySpec::Hybrid { rule, .. } => rule.probes_every_checkpoint(),
-            PolicySpec::Any { rules } | PolicySpec::All { rules } => rules.iter().any(PolicySpec::probes_every_checkpoint),
+            PolicySpec::Any { rules } | PolicySpec::All { rules } => {
+                rules.iter().any(PolicySpec::probes_every_checkpoint)
+            }
             _ => true,
         }
     }
@@ -159,15 +163,25 @@ impl PolicySpec {
         match self {
             PolicySpec::Budget { max_tokens } => format!("budget({max_tokens})"),
             PolicySpec::Consistency { window, min_tokens, hedge_filter } => {
-                format!("consistency(window={window}{}{})", min_opt(*min_tokens), if *hedge_filter { ",hedge" } else { "" })
+                format!(
+                    "consistency(window={window}{}{})",
+                    min_opt(*min_tokens),
+                    if *hedge_filter { ",hedge" } else { "" }
+                )
             }
-            PolicySpec::Confidence { threshold, min_tokens } => format!("confidence({threshold}{})", min_opt(*min_tokens)),
+            PolicySpec::Confidence { threshold, min_tokens } => {
+                format!("confidence({threshold}{})", min_opt(*min_tokens))
+            }
             PolicySpec::LogprobWindow { window, threshold, min_tokens } => {
                 format!("logprob_window({window},{threshold}{})", min_opt(*min_tokens))
             }
             PolicySpec::Hybrid { floor, cap, rule } => format!("hybrid({floor},{cap},{})", rule.label()),
-            PolicySpec::Any { rules } => format!("any({})", rules.iter().map(PolicySpec::label).collect::<Vec<_>>().join(",")),
-            PolicySpec::All { rules } => format!("all({})", rules.iter().map(PolicySpec::label).collect::<Vec<_>>().join(",")),
+            PolicySpec::Any { rules } => {
+                format!("any({})", rules.iter().map(PolicySpec::label).collect::<Vec<_>>().join(","))
+            }
+            PolicySpec::All { rules } => {
+                format!("all({})", rules.iter().map(PolicySpec::label).collect::<Vec<_>>().join(","))
+            }
             PolicySpec::Never => "never".into(),
         }
     }
@@ -226,8 +240,9 @@ fn toml_to_json(text: &str) -> Result<serde_json::Value, PolicyError> {
             .split_once('=')
             .ok_or_else(|| PolicyError::Syntax(format!("expected `key = value`, found `{part}`")))?;
         let value = value.trim();
-        let json = serde_json::from_str(value)
-            .map_err(|_| PolicyError::Syntax(format!("value of `{}` is not a number, bool or quoted string: {value}", key.trim())))?;
+        let json = serde_json::from_str(value).map_err(|_| {
+            PolicyError::Syntax(format!("value of `{}` is not a number, bool or quoted string: {value}", key.trim()))
+        })?;
         map.insert(key.trim().to_owned(), json);
     }
     Ok(serde_json::Value::Object(map))
@@ -463,10 +478,7 @@ mod tests {
 
     #[test]
     fn parses_presets_json_and_inline_toml() {
-        assert_eq!(
-            PolicySpec::parse("deer"),
-            Ok(PolicySpec::Confidence { threshold: 0.95, min_tokens: 0 })
-        );
+        assert_eq!(PolicySpec::parse("deer"), Ok(PolicySpec::Confidence { threshold: 0.95, min_tokens: 0 }));
         assert_eq!(
             PolicySpec::parse(r#"{"type":"budget","max_tokens":256}"#),
             Ok(PolicySpec::Budget { max_tokens: 256 })

@@ -212,7 +212,10 @@ mod tests {
     fn facts_score_every_checkpoint() {
         let t = sample();
         let f = TraceFacts::of(&t);
-        assert_eq!(f.checkpoints.iter().map(|c| (c.em, c.agree)).collect::<Vec<_>>(), vec![(false, false), (true, true)]);
+        assert_eq!(
+            f.checkpoints.iter().map(|c| (c.em, c.agree)).collect::<Vec<_>>(),
+            vec![(false, false), (true, true)]
+        );
         assert!(f.full_em);
         assert_eq!(f.all_probe_tokens, 4);
         assert_eq!(f.oracle_stop(), Some(1));
@@ -221,10 +224,16 @@ mod tests {
     #[test]
     fn outcome_counts_probes_by_rule_kind() {
         let f = TraceFacts::of(&sample());
-        assert_eq!(f.outcome(Some(1), true), Outcome { stop: Some(1), generated: 64, probe_tokens: 4, em: true, agree: true });
+        assert_eq!(
+            f.outcome(Some(1), true),
+            Outcome { stop: Some(1), generated: 64, probe_tokens: 4, em: true, agree: true }
+        );
         assert_eq!(f.outcome(Some(1), false).probe_tokens, 2);
         assert_eq!(f.outcome(None, true).probe_tokens, 4);
-        assert_eq!(f.outcome(None, false), Outcome { stop: None, generated: 80, probe_tokens: 0, em: true, agree: true });
+        assert_eq!(
+            f.outcome(None, false),
+            Outcome { stop: None, generated: 80, probe_tokens: 0, em: true, agree: true }
+        );
     }
 
     #[test]

@@ -28,8 +28,12 @@ pub enum Family {
 
 impl Family {
     /// The four families a sweep covers unless told otherwise.
-    pub const DEFAULTS: [Family; 4] =
-        [Family::Budget, Family::Consistency { hedge_filter: true }, Family::Confidence, Family::LogprobWindow { window: 128 }];
+    pub const DEFAULTS: [Family; 4] = [
+        Family::Budget,
+        Family::Consistency { hedge_filter: true },
+        Family::Confidence,
+        Family::LogprobWindow { window: 128 },
+    ];
 
     pub fn name(&self) -> &'static str {
         match self {
@@ -42,10 +46,9 @@ impl Family {
 
     /// Parses a family name as given on the command line.
     pub fn parse(name: &str) -> Result<Family, String> {
-        Family::DEFAULTS
-            .into_iter()
-            .find(|f| f.name() == name)
-            .ok_or_else(|| format!("unknown rule family `{name}`; families are: budget, consistency, confidence, logprob_window"))
+        Family::DEFAULTS.into_iter().find(|f| f.name() == name).ok_or_else(|| {
+            format!("unknown rule family `{name}`; families are: budget, consistency, confidence, logprob_window")
+        })
     }
 
     /// The concrete policy at one threshold of the family.
@@ -157,7 +160,11 @@ impl Sweep {
     pub fn new(families: impl IntoIterator<Item = (Family, Vec<f64>)>) -> Self {
         let families = families
             .into_iter()
-            .map(|(family, thresholds)| FamilySweep { diff: vec![Tally::default(); thresholds.len() + 1], family, thresholds })
+            .map(|(family, thresholds)| FamilySweep {
+                diff: vec![Tally::default(); thresholds.len() + 1],
+                family,
+                thresholds,
+            })
             .collect();
         Sweep { families, oracle: Tally::default(), scores: Vec::new() }
     }
@@ -205,7 +212,13 @@ impl Sweep {
             for (k, &threshold) in fs.thresholds.iter().enumerate() {
                 running.merge(&fs.diff[k]);
                 let policy = fs.family.spec(threshold);
-                points.push(Point { family: fs.family, threshold, label: policy.label(), policy, summary: running.summary() });
+                points.push(Point {
+                    family: fs.family,
+                    threshold,
+                    label: policy.label(),
+                    policy,
+                    summary: running.summary(),
+                });
             }
         }
         SweepReport { points, oracle: self.oracle.summary() }

@@ -157,10 +157,16 @@ impl Trace {
         for (i, c) in self.checkpoints.iter().enumerate() {
             let at = |name: &str| format!("checkpoints[{i}].{name}");
             if c.tokens <= previous && i > 0 || c.tokens == 0 {
-                return Err(invalid(&at("tokens"), format!("{} is not after the previous checkpoint ({previous})", c.tokens)));
+                return Err(invalid(
+                    &at("tokens"),
+                    format!("{} is not after the previous checkpoint ({previous})", c.tokens),
+                ));
             }
             if c.tokens > self.final_.tokens {
-                return Err(invalid(&at("tokens"), format!("{} is past the end of the run ({})", c.tokens, self.final_.tokens)));
+                return Err(invalid(
+                    &at("tokens"),
+                    format!("{} is past the end of the run ({})", c.tokens, self.final_.tokens),
+                ));
             }
             for (name, p) in [("mean_prob", c.mean_prob), ("min_prob", c.min_prob)] {
                 if !(0.0..=1.0).contains(&p) {
@@ -207,8 +213,26 @@ pub(crate) mod tests {
             prompt_tokens: 20,
             probe: ProbeSettings { suffix: "\nFinal answer: ".into(), max_tokens: 8, interval: 32 },
             checkpoints: vec![
-                Checkpoint { tokens: 32, answer: "3".into(), probe_text: String::new(), answer_tokens: 2, mean_prob: 0.5, min_prob: 0.2, segment_logprob: -1.0, segment_entropy: 1.2 },
-                Checkpoint { tokens: 64, answer: "4".into(), probe_text: String::new(), answer_tokens: 2, mean_prob: 0.9, min_prob: 0.8, segment_logprob: -0.5, segment_entropy: 0.7 },
+                Checkpoint {
+                    tokens: 32,
+                    answer: "3".into(),
+                    probe_text: String::new(),
+                    answer_tokens: 2,
+                    mean_prob: 0.5,
+                    min_prob: 0.2,
+                    segment_logprob: -1.0,
+                    segment_entropy: 1.2,
+                },
+                Checkpoint {
+                    tokens: 64,
+                    answer: "4".into(),
+                    probe_text: String::new(),
+                    answer_tokens: 2,
+                    mean_prob: 0.9,
+                    min_prob: 0.8,
+                    segment_logprob: -0.5,
+                    segment_entropy: 0.7,
+                },
             ],
             final_: Final { tokens: 80, answer: "4".into(), finish_reason: "stop".into(), text: None },
         }

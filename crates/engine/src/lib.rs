@@ -15,9 +15,7 @@ mod llama;
 mod sampling;
 mod text;
 
-pub use fetch::{
-    default_model_path, fetch_default_model, resolve_model, stopwise_home, FetchError,
-};
+pub use fetch::{default_model_path, fetch_default_model, resolve_model, stopwise_home, FetchError};
 pub use llama::{llama_backend, EngineStats, LlamaConfig, LlamaEngine};
 
 use serde::{Deserialize, Serialize};
@@ -33,10 +31,7 @@ pub struct ChatMessage {
 
 impl ChatMessage {
     pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
-        Self {
-            role: role.into(),
-            content: content.into(),
-        }
+        Self { role: role.into(), content: content.into() }
     }
 }
 
@@ -62,11 +57,7 @@ pub struct Sampling {
 
 impl Sampling {
     /// Plain argmax decoding.
-    pub const GREEDY: Sampling = Sampling {
-        temperature: 0.0,
-        top_p: 1.0,
-        seed: 0,
-    };
+    pub const GREEDY: Sampling = Sampling { temperature: 0.0, top_p: 1.0, seed: 0 };
 }
 
 impl Default for Sampling {
@@ -103,9 +94,7 @@ impl Request {
     /// Checks what every backend needs from a request, so bad input is an error and never a panic.
     pub fn validate(&self) -> Result<(), EngineError> {
         let invalid = |why: &str| Err(EngineError::InvalidRequest(why.to_string()));
-        let Sampling {
-            temperature, top_p, ..
-        } = self.sampling;
+        let Sampling { temperature, top_p, .. } = self.sampling;
         if !(temperature.is_finite() && temperature >= 0.0) {
             return invalid("temperature must be a finite number >= 0 (0 means greedy)");
         }

@@ -37,10 +37,7 @@ use llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_DISABLED;
 
 use crate::sampling::{greedy_with_prob, logprob_and_entropy, Sampler};
 use crate::text::TextStream;
-use crate::{
-    ChatMessage, Engine, EngineError, Event, EventSender, FinishReason, Prompt, Request,
-    RequestHandle,
-};
+use crate::{ChatMessage, Engine, EngineError, Event, EventSender, FinishReason, Prompt, Request, RequestHandle};
 
 /// Longest probe suffix accepted, in tokens (a suffix is decoded in one call).
 const MAX_SUFFIX_TOKENS: usize = 256;
@@ -132,14 +129,10 @@ impl LlamaEngine {
     /// Loads the model and starts the worker thread.
     pub fn load(config: LlamaConfig) -> Result<Self, EngineError> {
         if config.parallel == 0 || config.parallel > MAX_PARALLEL || config.threads == 0 {
-            return Err(EngineError::Load(format!(
-                "parallel must be 1 to {MAX_PARALLEL} and threads at least 1"
-            )));
+            return Err(EngineError::Load(format!("parallel must be 1 to {MAX_PARALLEL} and threads at least 1")));
         }
         if config.n_ctx_per_seq < 16 {
-            return Err(EngineError::Load(
-                "n_ctx_per_seq must be at least 16 tokens".into(),
-            ));
+            return Err(EngineError::Load("n_ctx_per_seq must be at least 16 tokens".into()));
         }
         let total_ctx = config
             .n_ctx_per_seq
@@ -153,14 +146,8 @@ impl LlamaEngine {
             )));
         }
         let backend = llama_backend()?;
-        let model =
-            LlamaModel::load_from_file(backend, &config.model_path, &LlamaModelParams::default())
-                .map_err(|err| {
-                EngineError::Load(format!(
-                    "cannot load {}: {err}",
-                    config.model_path.display()
-                ))
-            })?;
+        let model = LlamaModel::load_from_file(backend, &config.model_path, &LlamaModelParams::default())
+            .map_err(|err| EngineError::Load(format!("cannot load {}: {err}", config.model_path.display())))?;
         let model = Arc::new(model);
         let model_name = config
             .model_path
@@ -187,11 +174,7 @@ impl LlamaEngine {
             .with_flash_attention_policy(LLAMA_FLASH_ATTN_TYPE_DISABLED);
 
         let shared = Arc::new(Shared {
-            queue: Mutex::new(Queue {
-                waiting: VecDeque::new(),
-                shutdown: false,
-                worker_running: true,
-            }),
+            queue: Mutex::new(Queue { waiting: VecDeque::new(), shutdown: false, worker_running: true }),
             wakeup: Condvar::new(),
             queue_limit: config.queue_limit,
             active: AtomicUsize::new(0),
@@ -201,11 +184,8 @@ impl LlamaEngine {
         let worker = {
             let model = Arc::clone(&model);
             let shared = Arc::clone(&shared);
-            let settings = WorkerSettings {
-                parallel: config.parallel,
-                n_ctx_per_seq: config.n_ctx_per_seq,
-                batch_tokens,
-            };
+            let settings =
+                WorkerSettings { parallel: config.parallel, n_ctx_per_seq: config.n_ctx_per_seq, batch_tokens };
             std::thread::Builder::new()
                 .name("stopwise-llama".into())
                 .spawn(move || run_worker(&model, context_params, settings, shared, ready_sender))
@@ -219,9 +199,7 @@ impl LlamaEngine {
             }
             Err(_) => {
                 let _ = worker.join();
-                return Err(EngineError::Load(
-                    "worker thread exited during start-up".into(),
-                ));
+                return Err(EngineError::Load("worker thread exited during start-up".into()));
             }
         };
         tracing::info!(model = %model_name, n_ctx_per_seq, parallel = config.parallel, "engine loaded");
@@ -266,9 +244,10 @@ impl LlamaEngine {
 
     fn render_chat(&self, messages: &[ChatMessage]) -> Result<String, EngineError> {
         let invalid = |why: String| EngineError::InvalidRequest(why);
-        let template = self.chat_template.as_ref().ok_or_else(|| {
-            invalid("the model has no chat template; send a raw prompt instead".into())
-        })?;
+        let template = self
+            .chat_template
+            .as_ref()
+            .ok_or_else(|| invalid("the model has no chat template; send a raw prompt instead".into()))?;
         if messages.is_empty() {
             return Err(invalid("chat prompt has no messages".into()));
         }
@@ -278,11 +257,7 @@ impl LlamaEngine {
                 chat.push(("system".to_string(), system.clone()));
             }
         }
-        chat.extend(
-            messages
-                .iter()
-                .map(|message| (message.role.clone(), message.content.clone())),
-        );
+        chat.extend(messages.iter().map(|message| (message.role.clone(), message.content.clone())));
         let chat = chat
             .into_iter()
             .map(|(role, content)| LlamaChatMessage::new(role, content))
@@ -311,29 +286,19 @@ impl Engine for LlamaEngine {
         }
         let limit = self.n_ctx_per_seq as usize;
         if prompt.len() >= limit {
-            return Err(EngineError::PromptTooLong {
-                prompt_tokens: prompt.len(),
-                limit: limit - 1,
-            });
+            return Err(EngineError::PromptTooLong { prompt_tokens: prompt.len(), limit: limit - 1 });
         }
         let probe = match &request.probe {
             None => None,
             Some(plan) => {
-                let suffix = self
-                    .model
-                    .vocab()
-                    .tokenize(plan.suffix.as_bytes(), false, true);
+                let suffix = self.model.vocab().tokenize(plan.suffix.as_bytes(), false, true);
                 if suffix.is_empty() || suffix.len() > MAX_SUFFIX_TOKENS {
                     return Err(EngineError::InvalidRequest(format!(
                         "probe suffix must be 1 to {MAX_SUFFIX_TOKENS} tokens, it is {}",
                         suffix.len()
                     )));
                 }
-                Some(ProbeSpec {
-                    suffix,
-                    max_tokens: plan.max_tokens,
-                    interval: plan.interval,
-                })
+                Some(ProbeSpec { suffix, max_tokens: plan.max_tokens, interval: plan.interval })
             }
         };
         let (events, handle) = RequestHandle::channel();
@@ -350,9 +315,7 @@ impl Engine for LlamaEngine {
             return Err(EngineError::Stopped);
         }
         if queue.waiting.len() >= self.shared.queue_limit {
-            return Err(EngineError::Busy {
-                queue_limit: self.shared.queue_limit,
-            });
+            return Err(EngineError::Busy { queue_limit: self.shared.queue_limit });
         }
         queue.waiting.push_back(job);
         drop(queue);
@@ -426,9 +389,7 @@ impl Drop for WorkerExitGuard {
         let mut queue = self.0.lock();
         queue.worker_running = false;
         for job in queue.waiting.drain(..) {
-            job.events.send(Event::Error(
-                "the engine stopped before this request started".into(),
-            ));
+            job.events.send(Event::Error("the engine stopped before this request started".into()));
         }
     }
 }
@@ -454,9 +415,7 @@ fn run_worker(
         }
     };
     // llama.cpp rounds the per-sequence context up; never promise more than was asked for.
-    let n_ctx_per_seq = settings
-        .n_ctx_per_seq
-        .min(context.n_ctx() / settings.parallel);
+    let n_ctx_per_seq = settings.n_ctx_per_seq.min(context.n_ctx() / settings.parallel);
     if ready.send(Ok(n_ctx_per_seq)).is_err() {
         return;
     }
@@ -501,9 +460,7 @@ impl Scheduler<'_> {
         }
         for seq in 0..self.slots.len() {
             if let Some(sequence) = self.slots[seq].take() {
-                sequence
-                    .events
-                    .send(Event::Error("the engine was shut down".into()));
+                sequence.events.send(Event::Error("the engine was shut down".into()));
             }
             self.clear_sequence(seq);
         }
@@ -530,10 +487,7 @@ impl Scheduler<'_> {
             if self.slots.iter().any(Option::is_some) {
                 return true;
             }
-            queue = shared
-                .wakeup
-                .wait(queue)
-                .unwrap_or_else(PoisonError::into_inner);
+            queue = shared.wakeup.wait(queue).unwrap_or_else(PoisonError::into_inner);
         }
     }
 
@@ -545,10 +499,7 @@ impl Scheduler<'_> {
             return false;
         }
         if job.max_tokens == 0 {
-            job.events.send(Event::Done {
-                finish_reason: FinishReason::Length,
-                completion_tokens: 0,
-            });
+            job.events.send(Event::Done { finish_reason: FinishReason::Length, completion_tokens: 0 });
             return false;
         }
         tracing::debug!(seq, prompt_tokens, "request started");
@@ -569,9 +520,7 @@ impl Scheduler<'_> {
 
     fn cancel_dropped(&mut self) {
         for seq in 0..self.slots.len() {
-            let dropped = self.slots[seq]
-                .as_ref()
-                .is_some_and(|sequence| sequence.events.is_closed());
+            let dropped = self.slots[seq].as_ref().is_some_and(|sequence| sequence.events.is_closed());
             if dropped {
                 self.cancel(seq);
             }
@@ -602,11 +551,7 @@ impl Scheduler<'_> {
     fn remove_from_cache(&mut self, seq: usize, from: Option<u32>) {
         let removed = u32::try_from(seq)
             .map_err(|err| err.to_string())
-            .and_then(|seq| {
-                self.context
-                    .clear_kv_cache_seq(Some(seq), from, None)
-                    .map_err(|err| err.to_string())
-            });
+            .and_then(|seq| self.context.clear_kv_cache_seq(Some(seq), from, None).map_err(|err| err.to_string()));
         if !matches!(removed, Ok(true)) {
             tracing::error!(seq, ?from, ?removed, "KV cache removal failed");
         }
@@ -647,17 +592,12 @@ impl Scheduler<'_> {
             let Some(sequence) = self.slots.get(seq).and_then(Option::as_ref) else {
                 continue;
             };
-            let Some((tokens, first_pos, ends_with_logits)) = sequence.work(self.batch_tokens)
-            else {
+            let Some((tokens, first_pos, ends_with_logits)) = sequence.work(self.batch_tokens) else {
                 continue;
             };
             let n_tokens = tokens.len();
             match add_to_batch(&mut self.batch, tokens, first_pos, seq, ends_with_logits) {
-                Ok(logits_index) => scheduled.push(Scheduled {
-                    seq,
-                    tokens: n_tokens,
-                    logits_index,
-                }),
+                Ok(logits_index) => scheduled.push(Scheduled { seq, tokens: n_tokens, logits_index }),
                 // Not reachable by construction (work never exceeds the batch); if it were, fail
                 // this request and drop the half-filled batch: the others retry next step.
                 Err(message) => {
@@ -679,9 +619,7 @@ impl Scheduler<'_> {
 
         for item in scheduled {
             let outcome = {
-                let logits = item
-                    .logits_index
-                    .map(|index| self.context.get_logits_ith(index));
+                let logits = item.logits_index.map(|index| self.context.get_logits_ith(index));
                 match self.slots[item.seq].as_mut() {
                     Some(sequence) => sequence.advance(item.tokens, logits, self.model),
                     None => Outcome::Finished,
@@ -713,9 +651,7 @@ fn add_to_batch(
     let first_pos = i32::try_from(first_pos).map_err(|err| err.to_string())?;
     for (pos, (offset, &token)) in (first_pos..).zip(tokens.iter().enumerate()) {
         let logits = ends_with_logits && offset + 1 == tokens.len();
-        batch
-            .add(token, pos, &[seq_id], logits)
-            .map_err(|err| err.to_string())?;
+        batch.add(token, pos, &[seq_id], logits).map_err(|err| err.to_string())?;
     }
     Ok(ends_with_logits.then(|| batch.n_tokens() - 1))
 }
@@ -854,11 +790,7 @@ impl Sequence {
     fn on_real_logits(&mut self, logits: &[f32], model: &LlamaModel) -> Outcome {
         let index = self.sampler.sample(logits);
         let (logprob, entropy) = logprob_and_entropy(logits, index);
-        let sampled = Sampled {
-            token: LlamaToken(i32::try_from(index).unwrap_or(0)),
-            logprob,
-            entropy,
-        };
+        let sampled = Sampled { token: LlamaToken(i32::try_from(index).unwrap_or(0)), logprob, entropy };
         if self.probe_due() {
             self.phase = Phase::Probe(ProbeRun {
                 pending: sampled,
@@ -881,8 +813,7 @@ impl Sequence {
         let Some(probe) = &self.probe else {
             return false;
         };
-        let fits = u64::from(self.n_past) + probe.suffix.len() as u64 + u64::from(probe.max_tokens)
-            - 1
+        let fits = u64::from(self.n_past) + probe.suffix.len() as u64 + u64::from(probe.max_tokens) - 1
             <= u64::from(self.n_ctx);
         self.generated > 0 && self.generated % probe.interval == 0 && fits
     }
@@ -891,18 +822,12 @@ impl Sequence {
     fn accept(&mut self, sampled: Sampled, model: &LlamaModel) -> Outcome {
         self.generated += 1;
         let vocab = model.vocab();
-        let token_event = |text| Event::Token {
-            text,
-            logprob: sampled.logprob,
-            entropy: sampled.entropy,
-        };
+        let token_event = |text| Event::Token { text, logprob: sampled.logprob, entropy: sampled.entropy };
         if vocab.is_eog(sampled.token) {
             let text = self.text.finish();
             return self.finish(token_event(text), FinishReason::Stop);
         }
-        let released = self
-            .text
-            .push(&vocab.token_to_piece(sampled.token, false, None));
+        let released = self.text.push(&vocab.token_to_piece(sampled.token, false, None));
         if released.stopped {
             return self.finish(token_event(released.text), FinishReason::Stop);
         }
@@ -915,19 +840,16 @@ impl Sequence {
         if !self.events.send(token_event(released.text)) {
             return Outcome::Cancelled;
         }
-        self.phase = Phase::Generate {
-            token: sampled.token,
-        };
+        self.phase = Phase::Generate { token: sampled.token };
         Outcome::Continue
     }
 
     /// Logits inside a probe: take the greedy token, and end the probe at EOG, at the end of the
     /// first non-blank line or at the probe's token limit.
     fn on_probe_logits(&mut self, logits: &[f32], model: &LlamaModel) -> Outcome {
-        let (max_tokens, Phase::Probe(run)) = (
-            self.probe.as_ref().map_or(0, |probe| probe.max_tokens),
-            &mut self.phase,
-        ) else {
+        let (max_tokens, Phase::Probe(run)) =
+            (self.probe.as_ref().map_or(0, |probe| probe.max_tokens), &mut self.phase)
+        else {
             return self.fail("internal error: probe logits outside a probe");
         };
         let (index, prob) = greedy_with_prob(logits);
@@ -937,9 +859,7 @@ impl Sequence {
         if !ended {
             let piece = vocab.token_to_piece(token, false, None);
             let (answer_part, ends_line) = match piece.iter().position(|&byte| byte == b'\n') {
-                Some(newline)
-                    if has_visible_text(&run.answer) || has_visible_text(&piece[..newline]) =>
-                {
+                Some(newline) if has_visible_text(&run.answer) || has_visible_text(&piece[..newline]) => {
                     (&piece[..newline], true)
                 }
                 _ => (piece.as_slice(), false),
@@ -959,11 +879,7 @@ impl Sequence {
         }
 
         let (pending, rollback_from, probe_event) = {
-            let mean_prob = if run.tokens == 0 {
-                0.0
-            } else {
-                (run.prob_sum / f64::from(run.tokens)) as f32
-            };
+            let mean_prob = if run.tokens == 0 { 0.0 } else { (run.prob_sum / f64::from(run.tokens)) as f32 };
             let event = Event::Probe {
                 after_tokens: self.generated,
                 text: String::from_utf8_lossy(&run.answer).into_owned(),
@@ -977,19 +893,14 @@ impl Sequence {
             return Outcome::Cancelled;
         }
         match self.accept(pending, model) {
-            Outcome::Continue | Outcome::RollBack { .. } => Outcome::RollBack {
-                from: rollback_from,
-            },
+            Outcome::Continue | Outcome::RollBack { .. } => Outcome::RollBack { from: rollback_from },
             ended @ (Outcome::Finished | Outcome::Cancelled) => ended,
         }
     }
 
     fn finish(&mut self, last_token: Event, finish_reason: FinishReason) -> Outcome {
         let delivered = self.events.send(last_token)
-            && self.events.send(Event::Done {
-                finish_reason,
-                completion_tokens: self.generated,
-            });
+            && self.events.send(Event::Done { finish_reason, completion_tokens: self.generated });
         if delivered {
             Outcome::Finished
         } else {

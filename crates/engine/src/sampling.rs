@@ -34,25 +34,17 @@ pub(crate) fn logprob_and_entropy(logits: &[f32], token: usize) -> (f32, f32) {
         weighted_shift += weight * shifted;
     }
     let log_partition = partition.ln();
-    let token_shift = logits
-        .get(token)
-        .map_or(f64::NEG_INFINITY, |&logit| f64::from(logit) - max);
+    let token_shift = logits.get(token).map_or(f64::NEG_INFINITY, |&logit| f64::from(logit) - max);
     // H = -Σ p ln p with ln p = shift - ln Z, so H = ln Z - Σ p·shift.
     let entropy = log_partition - weighted_shift / partition;
-    (
-        (token_shift - log_partition) as f32,
-        entropy.max(0.0) as f32,
-    )
+    ((token_shift - log_partition) as f32, entropy.max(0.0) as f32)
 }
 
 /// The greedy token and its probability under softmax(`logits`) at temperature 1.
 pub(crate) fn greedy_with_prob(logits: &[f32]) -> (usize, f32) {
     let best = argmax(logits);
     let max = f64::from(logits.get(best).copied().unwrap_or(0.0));
-    let partition: f64 = logits
-        .iter()
-        .map(|&logit| (f64::from(logit) - max).exp())
-        .sum();
+    let partition: f64 = logits.iter().map(|&logit| (f64::from(logit) - max).exp()).sum();
     (best, (1.0 / partition) as f32)
 }
 
@@ -115,14 +107,9 @@ impl Sampler {
             if kept >= needed || threshold == 0.0 {
                 break;
             }
-            threshold = if threshold < total * 1e-12 {
-                0.0
-            } else {
-                threshold * 1e-3
-            };
+            threshold = if threshold < total * 1e-12 { 0.0 } else { threshold * 1e-3 };
         }
-        self.candidates
-            .sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        self.candidates.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
         let mut nucleus_len = self.candidates.len();
         let mut cumulative = 0.0;
         for (position, &(w, _)) in self.candidates.iter().enumerate() {
@@ -141,9 +128,7 @@ impl Sampler {
                 return index;
             }
         }
-        nucleus
-            .first()
-            .map_or_else(|| argmax(logits), |&(_, index)| index)
+        nucleus.first().map_or_else(|| argmax(logits), |&(_, index)| index)
     }
 
     /// Uniform in [0, 1) with 53 random bits.
@@ -158,11 +143,7 @@ mod tests {
     use super::*;
 
     fn sampling(temperature: f32, top_p: f32, seed: u64) -> Sampling {
-        Sampling {
-            temperature,
-            top_p,
-            seed,
-        }
+        Sampling { temperature, top_p, seed }
     }
 
     #[test]

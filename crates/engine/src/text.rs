@@ -34,27 +34,17 @@ impl TextStream {
         self.partial_char.extend_from_slice(bytes);
         self.decode_complete_chars();
 
-        let first_stop = self
-            .stops
-            .iter()
-            .filter_map(|stop| self.held.find(stop.as_str()))
-            .min();
+        let first_stop = self.stops.iter().filter_map(|stop| self.held.find(stop.as_str())).min();
         if let Some(stop_at) = first_stop {
             self.held.truncate(stop_at);
             self.partial_char.clear();
-            return Released {
-                text: std::mem::take(&mut self.held),
-                stopped: true,
-            };
+            return Released { text: std::mem::take(&mut self.held), stopped: true };
         }
 
         let keep = self.longest_stop_prefix_suffix();
         let release_len = self.held.len() - keep;
         let rest = self.held.split_off(release_len);
-        Released {
-            text: std::mem::replace(&mut self.held, rest),
-            stopped: false,
-        }
+        Released { text: std::mem::replace(&mut self.held, rest), stopped: false }
     }
 
     /// Releases everything still held at the end of generation; a character left incomplete
@@ -79,8 +69,7 @@ impl TextStream {
                 }
                 Err(error) => {
                     let valid_len = error.valid_up_to();
-                    self.held
-                        .push_str(&String::from_utf8_lossy(&rest[..valid_len]));
+                    self.held.push_str(&String::from_utf8_lossy(&rest[..valid_len]));
                     match error.error_len() {
                         Some(invalid_len) => {
                             self.held.push(char::REPLACEMENT_CHARACTER);
@@ -147,27 +136,9 @@ mod tests {
     #[test]
     fn stop_string_is_cut_and_prefix_held_back() {
         let mut text = stream(&["###"]);
-        assert_eq!(
-            text.push(b"answer #"),
-            Released {
-                text: "answer ".into(),
-                stopped: false
-            }
-        );
-        assert_eq!(
-            text.push(b"#"),
-            Released {
-                text: String::new(),
-                stopped: false
-            }
-        );
-        assert_eq!(
-            text.push(b"# 42"),
-            Released {
-                text: String::new(),
-                stopped: true
-            }
-        );
+        assert_eq!(text.push(b"answer #"), Released { text: "answer ".into(), stopped: false });
+        assert_eq!(text.push(b"#"), Released { text: String::new(), stopped: false });
+        assert_eq!(text.push(b"# 42"), Released { text: String::new(), stopped: true });
     }
 
     #[test]

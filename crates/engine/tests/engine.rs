@@ -10,8 +10,8 @@ use std::sync::OnceLock;
 
 use common::*;
 use stopwise_engine::{
-    Engine, EngineError, Event, FinishReason, LlamaConfig, LlamaEngine, ProbePlan, Prompt, Request,
-    RequestHandle, Sampling,
+    Engine, EngineError, Event, FinishReason, LlamaConfig, LlamaEngine, ProbePlan, Prompt, Request, RequestHandle,
+    Sampling,
 };
 
 fn engine() -> &'static LlamaEngine {
@@ -31,12 +31,7 @@ fn run(request: Request) -> Output {
 #[test]
 fn greedy_probes_are_transparent() {
     let plain = run(request(chat(QUESTION), 160, Sampling::GREEDY, None));
-    let probed = run(request(
-        chat(QUESTION),
-        160,
-        Sampling::GREEDY,
-        probe_every(16),
-    ));
+    let probed = run(request(chat(QUESTION), 160, Sampling::GREEDY, probe_every(16)));
     eprintln!("greedy output: {:?}", plain.text());
     eprintln!("probes: {:?}", probed.probes);
     assert!(plain.probes.is_empty());
@@ -51,25 +46,13 @@ fn greedy_probes_are_transparent() {
 
 #[test]
 fn seeded_sampling_is_deterministic_and_probe_transparent() {
-    let sampling = Sampling {
-        temperature: 0.8,
-        top_p: 0.95,
-        seed: 7,
-    };
+    let sampling = Sampling { temperature: 0.8, top_p: 0.95, seed: 7 };
     // Two runs with the same seed, one of them probing: identical output shows both that the
     // seeded sampler is deterministic and that probes neither consume its randomness nor
     // disturb the logits.
     let plain = run(request(chat(QUESTION), 160, sampling, None));
     let probed = run(request(chat(QUESTION), 160, sampling, probe_every(16)));
-    let other_seed = run(request(
-        chat(QUESTION),
-        160,
-        Sampling {
-            seed: 8,
-            ..sampling
-        },
-        None,
-    ));
+    let other_seed = run(request(chat(QUESTION), 160, Sampling { seed: 8, ..sampling }, None));
     eprintln!("sampled output: {:?}", plain.text());
     assert_same_generation(&probed, &plain);
     assert_sane_probes(&probed, 16, 8);
@@ -93,34 +76,22 @@ fn concurrent_requests_match_solo_runs() {
         let max_tokens = if index == 0 { 240 } else { 64 };
         request(chat(questions[index]), max_tokens, Sampling::GREEDY, probe)
     };
-    let solo: Vec<Output> = (0..questions.len())
-        .map(|index| run(build(index)))
-        .collect();
+    let solo: Vec<Output> = (0..questions.len()).map(|index| run(build(index))).collect();
     // The first request is already generating when the others arrive, so their prompts are
     // prefilled while it decodes, and it is past 256 KV cells while they run beside it.
     let mut first = engine().submit(build(0)).unwrap();
     let mut first_events = Vec::new();
-    while first_events
-        .iter()
-        .filter(|event| matches!(event, Event::Token { .. }))
-        .count()
-        < 200
-    {
+    while first_events.iter().filter(|event| matches!(event, Event::Token { .. })).count() < 200 {
         first_events.push(first.next_blocking().unwrap());
     }
-    let others: Vec<RequestHandle> = (1..questions.len())
-        .map(|index| engine().submit(build(index)).unwrap())
-        .collect();
+    let others: Vec<RequestHandle> = (1..questions.len()).map(|index| engine().submit(build(index)).unwrap()).collect();
     let mut together = vec![collect_after(first_events, first)];
     together.extend(others.into_iter().map(collect));
     for (index, (alone, batched)) in solo.iter().zip(&together).enumerate() {
         eprintln!("request {index}: {:?}", alone.text());
         assert_eq!(alone.pieces, batched.pieces, "request {index} text differs");
         assert_same_stats(alone, batched);
-        assert_eq!(
-            alone.probes, batched.probes,
-            "request {index} probes differ"
-        );
+        assert_eq!(alone.probes, batched.probes, "request {index} probes differ");
         assert_eq!(alone.finish, batched.finish);
     }
     assert_eq!(solo[0].finish, Some((FinishReason::Length, 240)));
@@ -129,17 +100,11 @@ fn concurrent_requests_match_solo_runs() {
 #[test]
 fn dropping_a_handle_cancels_the_request() {
     let long_request = || {
-        request(
-            chat("Write a very long story about a dragon who learns to bake bread."),
-            2000,
-            Sampling::GREEDY,
-            None,
-        )
+        request(chat("Write a very long story about a dragon who learns to bake bread."), 2000, Sampling::GREEDY, None)
     };
     let cancelled_before = engine().stats().cancelled;
-    let mut handles: Vec<RequestHandle> = (0..engine().parallel())
-        .map(|_| engine().submit(long_request()).unwrap())
-        .collect();
+    let mut handles: Vec<RequestHandle> =
+        (0..engine().parallel()).map(|_| engine().submit(long_request()).unwrap()).collect();
     for handle in &mut handles {
         let mut tokens = 0;
         while tokens < 3 {
@@ -153,10 +118,7 @@ fn dropping_a_handle_cancels_the_request() {
     drop(handles);
     let after = run(request(chat(QUESTION), 16, Sampling::GREEDY, None));
     assert_eq!(after.finish, Some((FinishReason::Length, 16)));
-    assert_eq!(
-        engine().stats().cancelled - cancelled_before,
-        u64::from(engine().parallel())
-    );
+    assert_eq!(engine().stats().cancelled - cancelled_before, u64::from(engine().parallel()));
 }
 
 #[test]
@@ -165,11 +127,7 @@ fn stop_strings_end_generation_before_the_stop() {
     let text = full.text();
     // A stop string taken from the middle of the output: generation must end right before its
     // first occurrence, without emitting any of it.
-    let start = text
-        .char_indices()
-        .map(|(index, _)| index)
-        .find(|&index| index >= text.len() / 2)
-        .unwrap();
+    let start = text.char_indices().map(|(index, _)| index).find(|&index| index >= text.len() / 2).unwrap();
     let stop: String = text[start..].chars().take(6).collect();
     let expected = &text[..text.find(&stop).unwrap()];
     let mut with_stop = request(chat(QUESTION), 80, Sampling::GREEDY, None);
@@ -187,32 +145,17 @@ fn stop_strings_end_generation_before_the_stop() {
 fn bad_requests_are_errors() {
     let mut bad = request(chat(QUESTION), 10, Sampling::GREEDY, None);
     bad.sampling.temperature = -1.0;
-    assert!(matches!(
-        engine().submit(bad),
-        Err(EngineError::InvalidRequest(_))
-    ));
+    assert!(matches!(engine().submit(bad), Err(EngineError::InvalidRequest(_))));
     let mut bad = request(chat(QUESTION), 10, Sampling::GREEDY, probe_every(4));
-    bad.probe = Some(ProbePlan {
-        suffix: String::new(),
-        max_tokens: 4,
-        interval: 4,
-    });
-    assert!(matches!(
-        engine().submit(bad),
-        Err(EngineError::InvalidRequest(_))
-    ));
+    bad.probe = Some(ProbePlan { suffix: String::new(), max_tokens: 4, interval: 4 });
+    assert!(matches!(engine().submit(bad), Err(EngineError::InvalidRequest(_))));
     let long = "word ".repeat(2000);
     assert!(matches!(
         engine().submit(request(Prompt::Raw(long), 10, Sampling::GREEDY, None)),
         Err(EngineError::PromptTooLong { .. })
     ));
     assert!(matches!(
-        engine().submit(request(
-            Prompt::Chat(Vec::new()),
-            10,
-            Sampling::GREEDY,
-            None
-        )),
+        engine().submit(request(Prompt::Chat(Vec::new()), 10, Sampling::GREEDY, None)),
         Err(EngineError::InvalidRequest(_))
     ));
     let zero = run(request(chat(QUESTION), 0, Sampling::GREEDY, None));

@@ -38,11 +38,7 @@ fn default_model_must_be_fetched_first() {
     // A truncated default model is caught by its size, with the same advice.
     let models = home.path().join("models");
     std::fs::create_dir_all(&models).unwrap();
-    std::fs::write(
-        models.join("SmolLM2-135M-Instruct.Q4_1.gguf"),
-        b"GGUF\x03\0\0\0",
-    )
-    .unwrap();
+    std::fs::write(models.join("SmolLM2-135M-Instruct.Q4_1.gguf"), b"GGUF\x03\0\0\0").unwrap();
     let err = resolve_model(None).unwrap_err();
     assert!(matches!(err, FetchError::WrongSize { .. }), "{err:?}");
     assert!(err.to_string().contains("stopwise model fetch"), "{err}");

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
 //! Bad trace files give one clear error naming the file and line; good ones stream in every
 //! compression the reader accepts.
 
