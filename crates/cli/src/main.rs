@@ -1,5 +1,6 @@
 //! `stopwise`: the command line. Thin: parsing arguments and printing; the work is in the crates.
 
+mod bench;
 mod dataset;
 mod record;
 mod report;
@@ -41,6 +42,11 @@ enum Command {
         model: Option<PathBuf>,
         #[arg(long)]
         json: bool,
+    },
+    /// Benchmarks (engine benchmarks: `cargo bench -p stopwise-engine`).
+    Bench {
+        #[command(subcommand)]
+        action: BenchAction,
     },
     /// Manage the embedded model.
     Model {
@@ -121,6 +127,21 @@ enum Command {
         report: Option<PathBuf>,
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchAction {
+    /// Sweep speed vs a plain parse and vs a numpy baseline, on synthetic traces.
+    Sweep {
+        #[arg(long, default_value_t = 100_000)]
+        traces: usize,
+        #[arg(long, default_value_t = 64)]
+        checkpoints: u32,
+        #[arg(long, default_value_t = 256)]
+        thresholds: usize,
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
     },
 }
 
@@ -211,6 +232,9 @@ fn run(cli: Cli) -> Result<()> {
                 println!("recorded {recorded} traces into {}", out.display());
             }
             Ok(())
+        }
+        Command::Bench { action: BenchAction::Sweep { traces, checkpoints, thresholds, seed } } => {
+            bench::sweep(traces, checkpoints, thresholds, seed)
         }
         Command::Demo { limit, out_dir, model, json } => demo(limit, &out_dir, model.as_deref(), json),
     }
