@@ -203,11 +203,21 @@ pub fn extract(task: Task, text: &str) -> String {
 ///
 /// `normalize(t, &normalize(t, x)) == normalize(t, x)` for every task and string.
 pub fn normalize(task: Task, answer: &str) -> String {
+    // Fast path for the common case of a plain integer, already canonical; replay and sweeps
+    // normalise millions of probed answers.
+    if task != Task::Text && is_canonical_integer(answer) {
+        return answer.to_owned();
+    }
     match task {
         Task::Text => normalize_text(answer),
         Task::Numeric => normalize_numeric(answer),
         Task::Math => normalize_math(answer),
     }
+}
+
+/// `0` or digits without a leading zero.
+fn is_canonical_integer(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) && (s == "0" || !s.starts_with('0'))
 }
 
 /// True when the normalised prediction is non-empty and equals any normalised gold alias.

@@ -35,25 +35,23 @@ pub struct TraceFacts {
 impl TraceFacts {
     pub fn of(trace: &Trace) -> Self {
         let task = trace.task;
+        // Each answer and gold alias is normalised once: this is the hot path of every sweep.
+        let gold: Vec<String> = trace.gold.iter().map(|g| answer::normalize(task, g)).collect();
+        let scores = |normalised: &str| !normalised.is_empty() && gold.iter().any(|g| g == normalised);
         let full = answer::normalize(task, &trace.final_.answer);
         let checkpoints = trace
             .checkpoints
             .iter()
             .map(|c| {
                 let probed = answer::normalize(task, &c.answer);
-                CheckpointFacts {
-                    tokens: c.tokens,
-                    probe_tokens: c.answer_tokens,
-                    em: answer::exact_match(task, &c.answer, &trace.gold),
-                    agree: probed == full,
-                }
+                CheckpointFacts { tokens: c.tokens, probe_tokens: c.answer_tokens, em: scores(&probed), agree: probed == full }
             })
             .collect::<Vec<_>>();
         TraceFacts {
             all_probe_tokens: checkpoints.iter().map(|c| u64::from(c.probe_tokens)).sum(),
             checkpoints,
             full_tokens: trace.final_.tokens,
-            full_em: answer::exact_match(task, &trace.final_.answer, &trace.gold),
+            full_em: scores(&full),
             has_gold: !trace.gold.is_empty(),
         }
     }
