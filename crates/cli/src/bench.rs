@@ -112,7 +112,11 @@ pub fn sweep(traces: usize, checkpoints: u32, thresholds: usize, seed: u64) -> R
     let sweep_only = started.elapsed().as_secs_f64();
 
     println!("parse only:             {parse:8.3} s  ({parsed} checkpoints)");
-    println!("parse + sweep:          {parse_and_sweep:8.3} s  ({} points)  = {:.2}x parse", report.points.len(), parse_and_sweep / parse);
+    println!(
+        "parse + sweep:          {parse_and_sweep:8.3} s  ({} points)  = {:.2}x parse",
+        report.points.len(),
+        parse_and_sweep / parse
+    );
     println!("sweep only (in memory): {sweep_only:8.3} s  ({points} points)");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench/sweep_baseline.py");
     let python = std::process::Command::new("python3").arg(&script).arg(&path).arg(thresholds.to_string()).output();

@@ -44,7 +44,12 @@ impl TraceFacts {
             .iter()
             .map(|c| {
                 let probed = answer::normalize(task, &c.answer);
-                CheckpointFacts { tokens: c.tokens, probe_tokens: c.answer_tokens, em: scores(&probed), agree: probed == full }
+                CheckpointFacts {
+                    tokens: c.tokens,
+                    probe_tokens: c.answer_tokens,
+                    em: scores(&probed),
+                    agree: probed == full,
+                }
             })
             .collect::<Vec<_>>();
         TraceFacts {
