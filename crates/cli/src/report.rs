@@ -23,21 +23,28 @@ pub fn table(rows: &[Row]) -> String {
     );
     for r in rows {
         let s = &r.summary;
+        let p = percentages(s);
         let _ = writeln!(
             out,
             "{:<44} {:>6} {:>7.1}% {:>7.1}% {:>7.1}% {:>8.1}% {:>8.1}% {:>7.1}%  {}",
             truncate(&r.label, 44),
             s.items,
-            100.0 * s.em_full,
-            100.0 * s.em_stopped,
-            100.0 * s.em_drop,
-            100.0 * s.agreement,
-            100.0 * s.token_reduction,
-            100.0 * s.probe_overhead,
+            p[0],
+            p[1],
+            p[2],
+            p[3],
+            p[4],
+            p[5],
             if r.on_frontier { "*" } else { "" }
         );
     }
     out
+}
+
+/// The percentage columns every report shows, in order: EM full, EM stopped, EM drop,
+/// agreement, token reduction, probe overhead.
+fn percentages(s: &Summary) -> [f64; 6] {
+    [s.em_full, s.em_stopped, s.em_drop, s.agreement, s.token_reduction, s.probe_overhead].map(|x| 100.0 * x)
 }
 
 fn truncate(s: &str, n: usize) -> String {
@@ -57,17 +64,18 @@ pub fn write_html(dir: &Path, title: &str, rows: &[Row], oracle: &Summary) -> Re
     );
     for r in rows {
         let s = &r.summary;
+        let p = percentages(s);
         let _ = write!(
             html,
             "<tr><td>{}<td>{}<td>{:.1}%<td>{:.1}%<td>{:.1}%<td>{:.1}%<td>{:.1}%<td>{:.1}%<td>{}</tr>",
             escape(&r.label),
             s.items,
-            100.0 * s.em_full,
-            100.0 * s.em_stopped,
-            100.0 * s.em_drop,
-            100.0 * s.agreement,
-            100.0 * s.token_reduction,
-            100.0 * s.probe_overhead,
+            p[0],
+            p[1],
+            p[2],
+            p[3],
+            p[4],
+            p[5],
             if r.on_frontier { "★" } else { "" }
         );
     }
