@@ -7,49 +7,34 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use stopwise_core::replay::TraceFacts;
+use stopwise_core::rng::SplitMix64;
 use stopwise_core::sweep::{Family, Sweep};
 use stopwise_core::trace::{Checkpoint, Final, ProbeSettings, Trace};
 use stopwise_core::Task;
 use stopwise_store::TraceReader;
 
-/// splitmix64: a tiny seeded generator, enough for synthetic traces.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn unit(&mut self) -> f32 {
-        (self.next() >> 40) as f32 / (1u64 << 24) as f32
-    }
-}
-
 /// A synthetic trace whose probed answer settles on the final answer at a random point.
-fn synthetic(rng: &mut Rng, index: usize, checkpoints: u32) -> Trace {
-    let settle = (rng.next() % u64::from(checkpoints)) as u32;
-    let final_answer = (rng.next() % 100).to_string();
+fn synthetic(rng: &mut SplitMix64, index: usize, checkpoints: u32) -> Trace {
+    let settle = (rng.next_u64() % u64::from(checkpoints)) as u32;
+    let final_answer = (rng.next_u64() % 100).to_string();
     let checkpoints: Vec<Checkpoint> = (0..checkpoints)
         .map(|k| {
             let settled = k >= settle;
-            let answer = if settled { final_answer.clone() } else { (rng.next() % 100).to_string() };
-            let p = if settled { 0.6 + 0.4 * rng.unit() } else { rng.unit() };
+            let answer = if settled { final_answer.clone() } else { (rng.next_u64() % 100).to_string() };
+            let p = if settled { 0.6 + 0.4 * (rng.unit() as f32) } else { (rng.unit() as f32) };
             Checkpoint {
                 tokens: 32 * (k + 1),
                 answer,
                 probe_text: String::new(),
-                answer_tokens: 2 + (rng.next() % 4) as u32,
+                answer_tokens: 2 + (rng.next_u64() % 4) as u32,
                 mean_prob: p,
-                min_prob: p * rng.unit(),
-                segment_logprob: -3.0 * rng.unit() * (1.0 - p),
-                segment_entropy: 2.0 * rng.unit(),
+                min_prob: p * (rng.unit() as f32),
+                segment_logprob: -3.0 * (rng.unit() as f32) * (1.0 - p),
+                segment_entropy: 2.0 * (rng.unit() as f32),
             }
         })
         .collect();
-    let gold = if rng.unit() < 0.7 { final_answer.clone() } else { "x".into() };
+    let gold = if (rng.unit() as f32) < 0.7 { final_answer.clone() } else { "x".into() };
     Trace {
         v: 1,
         id: format!("synthetic-{index}"),
@@ -73,7 +58,7 @@ fn synthetic(rng: &mut Rng, index: usize, checkpoints: u32) -> Trace {
 pub fn sweep(traces: usize, checkpoints: u32, thresholds: usize, seed: u64) -> Result<()> {
     let dir = tempfile_dir()?;
     let path = dir.join("synthetic.jsonl");
-    let mut rng = Rng(seed);
+    let mut rng = SplitMix64::new(seed);
     let mut out = BufWriter::new(std::fs::File::create(&path).with_context(|| path.display().to_string())?);
     for i in 0..traces {
         writeln!(out, "{}", synthetic(&mut rng, i, checkpoints).to_line())?;

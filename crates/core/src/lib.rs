@@ -2,12 +2,15 @@
 //!
 //! Everything here is a plain function over data: no I/O, no async, no global state.
 //! The trace format ([`trace`]), answer extraction and Exact Match ([`answer`]), stop rules
-//! ([`policy`]), replay of rules over recorded traces ([`replay`]) and threshold sweeps with
-//! Pareto frontiers ([`sweep`]). I/O (files, models, HTTP) lives in the other crates.
+//! ([`policy`]), replay of rules over recorded traces ([`replay`]), threshold sweeps with
+//! Pareto frontiers ([`sweep`]) and certified thresholds with finite-sample guarantees
+//! ([`certify`]). I/O (files, models, HTTP) lives in the other crates.
 
 pub mod answer;
+pub mod certify;
 pub mod policy;
 pub mod replay;
+pub mod rng;
 pub mod sweep;
 pub mod trace;
 

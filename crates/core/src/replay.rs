@@ -15,6 +15,8 @@ use crate::trace::Trace;
 pub struct CheckpointFacts {
     pub tokens: u32,
     pub probe_tokens: u32,
+    /// Probe tokens of this checkpoint and every earlier one.
+    pub probe_tokens_through: u64,
     /// The probed answer is correct (EM against gold).
     pub em: bool,
     /// The probed answer equals the full run's answer.
@@ -39,21 +41,24 @@ impl TraceFacts {
         let gold: Vec<String> = trace.gold.iter().map(|g| answer::normalize(task, g)).collect();
         let scores = |normalised: &str| !normalised.is_empty() && gold.iter().any(|g| g == normalised);
         let full = answer::normalize(task, &trace.final_.answer);
+        let mut probe_tokens_through = 0;
         let checkpoints = trace
             .checkpoints
             .iter()
             .map(|c| {
                 let probed = answer::normalize(task, &c.answer);
+                probe_tokens_through += u64::from(c.answer_tokens);
                 CheckpointFacts {
                     tokens: c.tokens,
                     probe_tokens: c.answer_tokens,
+                    probe_tokens_through,
                     em: scores(&probed),
                     agree: probed == full,
                 }
             })
             .collect::<Vec<_>>();
         TraceFacts {
-            all_probe_tokens: checkpoints.iter().map(|c| u64::from(c.probe_tokens)).sum(),
+            all_probe_tokens: probe_tokens_through,
             checkpoints,
             full_tokens: trace.final_.tokens,
             full_em: scores(&full),
@@ -74,11 +79,8 @@ impl TraceFacts {
             },
             Some(i) => {
                 let c = self.checkpoints[i];
-                let probe_tokens = if probes_every_checkpoint {
-                    self.checkpoints[..=i].iter().map(|c| u64::from(c.probe_tokens)).sum()
-                } else {
-                    u64::from(c.probe_tokens)
-                };
+                let probe_tokens =
+                    if probes_every_checkpoint { c.probe_tokens_through } else { u64::from(c.probe_tokens) };
                 Outcome { stop, generated: u64::from(c.tokens), probe_tokens, em: c.em, agree: c.agree }
             }
         }

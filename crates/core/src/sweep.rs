@@ -6,6 +6,8 @@
 //! added to the whole range of thresholds sharing it through a difference array. A sweep costs
 //! O(checkpoints · log thresholds) per trace, not checkpoints × thresholds.
 
+use std::ops::Range;
+
 use serde::Serialize;
 
 use crate::policy::{confidence_score, consistency_key, next_run, LogprobWindow, PolicySpec};
@@ -85,8 +87,20 @@ impl Family {
         grid
     }
 
-    fn probes_every_checkpoint(&self) -> bool {
+    pub fn probes_every_checkpoint(&self) -> bool {
         !matches!(self, Family::Budget)
+    }
+
+    /// The outcome on one trace of every one of the (ascending) `thresholds`, in one pass.
+    pub fn outcomes(&self, trace: &Trace, facts: &TraceFacts, thresholds: &[f64]) -> Vec<Outcome> {
+        let mut scores = Vec::new();
+        self.scores(trace, &mut scores);
+        let mut out = Vec::with_capacity(thresholds.len());
+        let every = self.probes_every_checkpoint();
+        for_each_stop(&scores, thresholds, |range, stop| {
+            out.extend(std::iter::repeat_n(facts.outcome(stop, every), range.len()));
+        });
+        out
     }
 
     /// Each checkpoint's score: the family's rule stops at the first checkpoint whose score is
@@ -175,33 +189,12 @@ impl Sweep {
         for fs in &mut self.families {
             fs.family.scores(trace, &mut self.scores);
             let every = fs.family.probes_every_checkpoint();
-            let mut best = f64::NEG_INFINITY;
-            let mut done = 0; // thresholds below index `done` have stopped already
-            let mut probes = 0u64;
-            for (i, (&score, c)) in self.scores.iter().zip(&facts.checkpoints).enumerate() {
-                probes += u64::from(c.probe_tokens);
-                if score <= best {
-                    continue;
-                }
-                best = score;
-                let reached = fs.thresholds.partition_point(|&t| t <= best);
-                if reached > done {
-                    let outcome = Outcome {
-                        stop: Some(i),
-                        generated: u64::from(c.tokens),
-                        probe_tokens: if every { probes } else { u64::from(c.probe_tokens) },
-                        em: c.em,
-                        agree: c.agree,
-                    };
-                    fs.diff[done].add_scaled(facts, &outcome, 1);
-                    fs.diff[reached].add_scaled(facts, &outcome, -1);
-                    done = reached;
-                }
-            }
-            let full = facts.outcome(None, every);
-            let end = fs.thresholds.len();
-            fs.diff[done].add_scaled(facts, &full, 1);
-            fs.diff[end].add_scaled(facts, &full, -1);
+            let diff = &mut fs.diff;
+            for_each_stop(&self.scores, &fs.thresholds, |range, stop| {
+                let outcome = facts.outcome(stop, every);
+                diff[range.start].add_scaled(facts, &outcome, 1);
+                diff[range.end].add_scaled(facts, &outcome, -1);
+            });
         }
     }
 
@@ -222,6 +215,29 @@ impl Sweep {
             }
         }
         SweepReport { points, oracle: self.oracle.summary() }
+    }
+}
+
+/// Walks a trace's checkpoint `scores` once and calls `each(range, stop)` for every run of
+/// (ascending) `thresholds` indices that stop at the same checkpoint: threshold `t` stops at the
+/// first checkpoint whose score is at least `t`, and `stop` is `None` for thresholds never reached.
+/// Together the ranges cover every threshold exactly once, in order.
+fn for_each_stop(scores: &[f64], thresholds: &[f64], mut each: impl FnMut(Range<usize>, Option<usize>)) {
+    let mut best = f64::NEG_INFINITY;
+    let mut done = 0; // thresholds below index `done` have stopped already
+    for (i, &score) in scores.iter().enumerate() {
+        if score <= best {
+            continue;
+        }
+        best = score;
+        let reached = thresholds.partition_point(|&t| t <= best);
+        if reached > done {
+            each(done..reached, Some(i));
+            done = reached;
+        }
+    }
+    if done < thresholds.len() {
+        each(done..thresholds.len(), None);
     }
 }
 

@@ -3,6 +3,7 @@
 //! token accounting stays in range.
 
 use proptest::prelude::*;
+use stopwise_core::certify::{p_value, upper_bound, PValue};
 use stopwise_core::policy::{Decision, PolicySpec};
 use stopwise_core::replay::{replay, Tally, TraceFacts};
 use stopwise_core::sweep::{Family, Sweep};
@@ -112,5 +113,29 @@ proptest! {
         prop_assert!((s.generated_reduction - s.token_reduction - s.probe_overhead).abs() < 1e-9);
         prop_assert_eq!(never.summary().token_reduction, 0.0);
         prop_assert_eq!(never.summary().generated_reduction, 0.0);
+    }
+
+    #[test]
+    fn family_outcomes_equal_one_replay_per_threshold(trace in trace_strategy(), family in family_strategy(), n in 1usize..40) {
+        let facts = TraceFacts::of(&trace);
+        let grid = family.grid(n, 32);
+        let outcomes = family.outcomes(&trace, &facts, &grid);
+        prop_assert_eq!(outcomes.len(), grid.len());
+        for (t, outcome) in grid.iter().zip(outcomes) {
+            prop_assert_eq!(outcome, replay(&family.spec(*t), &trace, &facts));
+        }
+    }
+
+    #[test]
+    fn p_values_are_monotone(n in 1u64..2000, losses_share in 0.0f64..0.3, eps in 0.001f64..0.5, hb in any::<bool>()) {
+        let kind = if hb { PValue::HoeffdingBentkus } else { PValue::Binomial };
+        let losses = (n as f64 * losses_share) as u64;
+        let p = p_value(kind, n, losses, eps);
+        prop_assert!((0.0..=1.0).contains(&p));
+        // More losses never make the evidence stronger; a looser epsilon never makes it weaker.
+        prop_assert!(p_value(kind, n, losses + 1, eps) >= p * (1.0 - 1e-12));
+        prop_assert!(p_value(kind, n, losses, (eps * 1.5).min(0.99)) <= p * (1.0 + 1e-12));
+        let bound = upper_bound(kind, n, losses, 0.05);
+        prop_assert!(bound >= losses as f64 / n as f64 && bound <= 1.0);
     }
 }
