@@ -21,6 +21,11 @@ pub struct CheckpointFacts {
     pub em: bool,
     /// The probed answer equals the full run's answer.
     pub agree: bool,
+    /// The normalised probed answer, interned per trace: equal ids are equal answers, and 0 is
+    /// the empty answer. What consistency rules compare, without comparing strings.
+    pub answer_id: u32,
+    /// The probe's text hedges (see [`answer::is_hedging`]).
+    pub hedging: bool,
 }
 
 /// A trace reduced to what replay needs.
@@ -42,13 +47,25 @@ impl TraceFacts {
         let scores = |normalised: &str| !normalised.is_empty() && gold.iter().any(|g| g == normalised);
         let full = answer::normalize(task, &trace.final_.answer);
         let mut probe_tokens_through = 0;
+        let mut interned: Vec<String> = Vec::new();
         let checkpoints = trace
             .checkpoints
             .iter()
             .map(|c| {
                 let probed = answer::normalize(task, &c.answer);
                 probe_tokens_through += u64::from(c.answer_tokens);
+                let answer_id = if probed.is_empty() {
+                    0
+                } else {
+                    let index = interned.iter().position(|a| *a == probed).unwrap_or_else(|| {
+                        interned.push(probed.clone());
+                        interned.len() - 1
+                    });
+                    index as u32 + 1
+                };
                 CheckpointFacts {
+                    answer_id,
+                    hedging: answer::is_hedging(&c.probe_text),
                     tokens: c.tokens,
                     probe_tokens: c.answer_tokens,
                     probe_tokens_through,

@@ -10,7 +10,7 @@ use std::ops::Range;
 
 use serde::Serialize;
 
-use crate::policy::{confidence_score, consistency_key, next_run, LogprobWindow, PolicySpec};
+use crate::policy::{confidence_score, LogprobWindow, PolicySpec};
 use crate::replay::{Outcome, Summary, Tally, TraceFacts};
 use crate::trace::Trace;
 
@@ -94,7 +94,7 @@ impl Family {
     /// The outcome on one trace of every one of the (ascending) `thresholds`, in one pass.
     pub fn outcomes(&self, trace: &Trace, facts: &TraceFacts, thresholds: &[f64]) -> Vec<Outcome> {
         let mut scores = Vec::new();
-        self.scores(trace, &mut scores);
+        self.scores(trace, facts, &mut scores);
         let mut out = Vec::with_capacity(thresholds.len());
         let every = self.probes_every_checkpoint();
         for_each_stop(&scores, thresholds, |range, stop| {
@@ -105,17 +105,22 @@ impl Family {
 
     /// Each checkpoint's score: the family's rule stops at the first checkpoint whose score is
     /// at least the threshold. Must agree with the rule's state machine (property-tested).
-    fn scores(&self, trace: &Trace, out: &mut Vec<f64>) {
+    fn scores(&self, trace: &Trace, facts: &TraceFacts, out: &mut Vec<f64>) {
         out.clear();
         match *self {
             Family::Budget => out.extend(trace.checkpoints.iter().map(|c| f64::from(c.tokens))),
             Family::Consistency { hedge_filter } => {
-                let mut last: Option<String> = None;
+                // The same run counting as the rule's state machine (`next_run`), on interned ids.
+                let mut last = 0;
                 let mut run = 0;
-                for c in &trace.checkpoints {
-                    let key = consistency_key(trace.task, c, hedge_filter);
-                    run = next_run(last.as_deref(), key.as_deref(), run);
-                    last = key;
+                for c in &facts.checkpoints {
+                    let id = if hedge_filter && c.hedging { 0 } else { c.answer_id };
+                    run = match id {
+                        0 => 0,
+                        _ if id == last => run + 1,
+                        _ => 1,
+                    };
+                    last = id;
                     out.push(f64::from(run));
                 }
             }
@@ -187,7 +192,7 @@ impl Sweep {
     pub fn add(&mut self, trace: &Trace, facts: &TraceFacts) {
         self.oracle.add(facts, &oracle_outcome(facts));
         for fs in &mut self.families {
-            fs.family.scores(trace, &mut self.scores);
+            fs.family.scores(trace, facts, &mut self.scores);
             let every = fs.family.probes_every_checkpoint();
             let diff = &mut fs.diff;
             for_each_stop(&self.scores, &fs.thresholds, |range, stop| {
