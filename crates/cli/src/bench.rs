@@ -21,7 +21,7 @@ fn synthetic(rng: &mut SplitMix64, index: usize, checkpoints: u32) -> Trace {
         .map(|k| {
             let settled = k >= settle;
             let answer = if settled { final_answer.clone() } else { (rng.next_u64() % 100).to_string() };
-            let p = if settled { 0.6 + 0.4 * (rng.unit() as f32) } else { (rng.unit() as f32) };
+            let p = if settled { 0.6 + 0.4 * (rng.unit() as f32) } else { rng.unit() as f32 };
             Checkpoint {
                 tokens: 32 * (k + 1),
                 answer,

@@ -1,6 +1,7 @@
 //! `stopwise`: the command line. Thin: parsing arguments and printing; the work is in the crates.
 
 mod bench;
+mod calibrate;
 mod dataset;
 mod record;
 mod report;
@@ -12,7 +13,8 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use serde_json::json;
 use stopwise_core::answer::{self, Task};
-use stopwise_core::policy::{presets, PolicySpec};
+use stopwise_core::certify::{Method, PValue, Risk, Settings};
+use stopwise_core::policy::PolicySpec;
 use stopwise_core::replay::{replay, Tally, TraceFacts};
 use stopwise_core::sweep::{pareto_frontier, Family, Sweep, SweepReport};
 use stopwise_core::trace::ProbeSettings;
@@ -110,6 +112,56 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Certify the most aggressive stop setting whose risk stays under epsilon (with probability
+    /// at least 1 - delta), and write it as a certificate that `replay` and `serve` take as a policy.
+    #[command(
+        after_help = "Example:\n  stopwise calibrate --traces data/traces/gsm8k.jsonl --epsilon 0.02 --delta 0.05 --out cert.json"
+    )]
+    Calibrate {
+        #[command(flatten)]
+        certify: CertifyOptions,
+        #[arg(long, default_value_t = 0.01)]
+        epsilon: f64,
+        /// Write the certificate here.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check the guarantee: certify on random calibration halves, measure on the test halves.
+    #[command(
+        after_help = "Example:\n  stopwise validate --traces data/traces/gsm8k.jsonl --epsilon 0.01 --epsilon 0.02 --epsilon 0.05 --splits 1000 --seed 1"
+    )]
+    Validate {
+        #[command(flatten)]
+        certify: CertifyOptions,
+        /// Risk budget; repeat to validate several (default 0.01).
+        #[arg(long = "epsilon")]
+        epsilons: Vec<f64>,
+        #[arg(long, default_value_t = 1000)]
+        splits: u64,
+        #[arg(long, default_value_t = 0.5)]
+        calibration_fraction: f64,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// HTML report: every family's Pareto frontier on one plot, the presets as labelled points,
+    /// the oracle bound and (with --certificate) the certified setting.
+    #[command(
+        after_help = "Example:\n  stopwise report --traces data/traces/gsm8k.jsonl --certificate cert.json --out report"
+    )]
+    Report {
+        #[arg(long = "traces", required = true)]
+        traces: Vec<PathBuf>,
+        #[arg(long)]
+        certificate: Option<PathBuf>,
+        #[arg(long, default_value_t = 32)]
+        thresholds: usize,
+        #[arg(long, default_value = "stopwise-report")]
+        out: PathBuf,
+    },
     /// Sweep rule families over thresholds; print the table and Pareto frontier.
     #[command(
         after_help = "Example:\n  stopwise sweep --traces t.jsonl --rule consistency --rule confidence --thresholds 32"
@@ -128,6 +180,38 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// What `calibrate` and `validate` share.
+#[derive(clap::Args)]
+struct CertifyOptions {
+    /// Trace files (repeatable; ids must be unique across files).
+    #[arg(long = "traces", required = true)]
+    traces: Vec<PathBuf>,
+    #[arg(long, default_value_t = 0.05)]
+    delta: f64,
+    /// em-drop (a correct full answer became wrong; needs gold) or disagreement (no gold needed).
+    #[arg(long, default_value = "em-drop")]
+    risk: Risk,
+    /// ltt (high-probability guarantee), crc (expected risk) or naive (no guarantee, for comparison).
+    #[arg(long, default_value = "ltt")]
+    method: Method,
+    /// LTT p-value: binomial (exact) or hoeffding-bentkus.
+    #[arg(long, default_value = "binomial")]
+    p_value: PValue,
+    /// Candidate groups: families (budget, consistency, confidence, logprob_window) or preset
+    /// names; repeatable (default: every family).
+    #[arg(long = "rule")]
+    rules: Vec<String>,
+    /// Thresholds per family grid.
+    #[arg(long, default_value_t = 32)]
+    thresholds: usize,
+}
+
+impl CertifyOptions {
+    fn settings(&self, epsilon: f64) -> Settings {
+        Settings { epsilon, delta: self.delta, risk: self.risk, method: self.method, p_value: self.p_value }
+    }
 }
 
 #[derive(Subcommand)]
@@ -182,17 +266,41 @@ fn run(cli: Cli) -> Result<()> {
             println!("{}", json!({"em": u8::from(em), "pred": answer::normalize(task, &extracted), "gold": gold}));
             Ok(())
         }
+        Command::Calibrate { certify, epsilon, out, json } => calibrate::calibrate(&calibrate::CalibrateArgs {
+            settings: certify.settings(epsilon),
+            traces: certify.traces,
+            rules: certify.rules,
+            thresholds: certify.thresholds,
+            out,
+            json,
+        }),
+        Command::Validate { certify, epsilons, splits, calibration_fraction, seed, json } => {
+            calibrate::validate_command(&calibrate::ValidateArgs {
+                settings: certify.settings(epsilons.first().copied().unwrap_or(0.01)),
+                epsilons,
+                traces: certify.traces,
+                rules: certify.rules,
+                thresholds: certify.thresholds,
+                splits,
+                calibration_fraction,
+                seed,
+                json,
+            })
+        }
+        Command::Report { traces, certificate, thresholds, out } => {
+            report_command(&traces, certificate.as_deref(), thresholds, &out)
+        }
         Command::Replay { traces, rule, json } => {
-            let spec = PolicySpec::parse(&rule).with_context(|| format!("--rule `{rule}`"))?;
-            let (_, rows) = evaluate(&traces, &[], 0, &[(spec.label(), spec)])?;
+            let spec = calibrate::policy_argument(&rule)?;
+            let (_, rows) = evaluate(std::slice::from_ref(&traces), &[], 0, &[(spec.label(), spec)])?;
             print_rows(&rows, json)
         }
         Command::Sweep { traces, rules, thresholds, report, json } => {
             let families =
                 rules.iter().map(|r| Family::parse(r).map_err(anyhow::Error::msg)).collect::<Result<Vec<_>>>()?;
             let families = if families.is_empty() { Family::DEFAULTS.to_vec() } else { families };
-            let presets: Vec<(String, PolicySpec)> = presets().into_iter().map(|(n, s, _)| (n.to_owned(), s)).collect();
-            let (sweep, rows) = evaluate(&traces, &families, thresholds, &presets)?;
+            let presets = calibrate::peers();
+            let (sweep, rows) = evaluate(std::slice::from_ref(&traces), &families, thresholds, &presets)?;
             if let Some(dir) = report {
                 let path = report::write_html(&dir, "stopwise sweep", &rows, &sweep.oracle)?;
                 eprintln!("report: {}", path.display());
@@ -257,9 +365,9 @@ fn load_engine(model: Option<&Path>, task: Task, system_prompt: Option<String>, 
     Ok(LlamaEngine::load(config)?)
 }
 
-/// Replays `named` rules and sweeps `families` over a trace file in one streaming pass.
+/// Replays `named` rules and sweeps `families` over trace files in one streaming pass.
 fn evaluate(
-    path: &Path,
+    paths: &[PathBuf],
     families: &[Family],
     thresholds: usize,
     named: &[(String, PolicySpec)],
@@ -267,33 +375,61 @@ fn evaluate(
     let mut sweep: Option<Sweep> = None;
     let mut tallies = vec![Tally::default(); named.len()];
     let mut count = 0usize;
-    for trace in TraceReader::open(path)? {
-        let trace = trace?;
-        let facts = TraceFacts::of(&trace);
-        let sweep = sweep
-            .get_or_insert_with(|| Sweep::new(families.iter().map(|f| (*f, f.grid(thresholds, trace.probe.interval)))));
-        sweep.add(&trace, &facts);
-        for ((_, spec), tally) in named.iter().zip(&mut tallies) {
-            tally.add(&facts, &replay(spec, &trace, &facts));
+    for path in paths {
+        for trace in TraceReader::open(path)? {
+            let trace = trace?;
+            let facts = TraceFacts::of(&trace);
+            let sweep = sweep.get_or_insert_with(|| {
+                Sweep::new(families.iter().map(|f| (*f, f.grid(thresholds, trace.probe.interval))))
+            });
+            sweep.add(&trace, &facts);
+            for ((_, spec), tally) in named.iter().zip(&mut tallies) {
+                tally.add(&facts, &replay(spec, &trace, &facts));
+            }
+            count += 1;
         }
-        count += 1;
     }
     let Some(sweep) = sweep.filter(|_| count > 0) else {
-        anyhow::bail!("{}: the file holds no traces", path.display())
+        anyhow::bail!("{}: no traces", paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "))
     };
     let report = sweep.finish();
+    let row = |label: &str, group: &str, summary| Row {
+        label: label.to_owned(),
+        group: group.to_owned(),
+        summary,
+        on_frontier: false,
+    };
     let mut rows: Vec<Row> = named
         .iter()
         .zip(&tallies)
-        .map(|((label, _), t)| Row { label: label.clone(), summary: t.summary(), on_frontier: false })
-        .chain(report.points.iter().map(|p| Row { label: p.label.clone(), summary: p.summary, on_frontier: false }))
+        .map(|((label, _), t)| row(label, report::PRESET, t.summary()))
+        .chain(report.points.iter().map(|p| row(&p.label, p.family.name(), p.summary)))
         .collect();
     let summaries: Vec<_> = rows.iter().map(|r| r.summary).collect();
     for i in pareto_frontier(&summaries) {
         rows[i].on_frontier = true;
     }
-    rows.push(Row { label: "oracle (bound)".into(), summary: report.oracle, on_frontier: false });
+    rows.push(row("oracle (bound)", report::ORACLE, report.oracle));
     Ok((report, rows))
+}
+
+/// `stopwise report`: the sweep of every family, the presets, the oracle and the certified point.
+fn report_command(traces: &[PathBuf], certificate: Option<&Path>, thresholds: usize, out: &Path) -> Result<()> {
+    let mut named: Vec<(String, PolicySpec)> = calibrate::peers();
+    if let Some(path) = certificate {
+        let policy = calibrate::policy_argument(&path.display().to_string())?;
+        named.push((policy.label(), policy));
+    }
+    let (sweep, mut rows) = evaluate(traces, &Family::DEFAULTS, thresholds, &named)?;
+    if certificate.is_some() {
+        rows[named.len() - 1].group = report::CERTIFIED.into();
+    }
+    let title =
+        format!("stopwise report: {}", traces.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "));
+    let html = report::write_html(out, &title, &rows, &sweep.oracle)?;
+    print!("{}", report::table(&rows));
+    eprintln!("report: {}", html.display());
+    Ok(())
 }
 
 fn print_rows(rows: &[Row], json: bool) -> Result<()> {
@@ -329,8 +465,8 @@ fn demo(limit: usize, out_dir: &Path, model: Option<&Path>, json: bool) -> Resul
     };
     eprintln!("recording {} GSM8K items with {} into {}", items.len(), model.display(), traces.display());
     record::record(&engine, &items, &settings)?;
-    let presets: Vec<(String, PolicySpec)> = presets().into_iter().map(|(n, s, _)| (n.to_owned(), s)).collect();
-    let (sweep, rows) = evaluate(&traces, &Family::DEFAULTS, 16, &presets)?;
+    let presets = calibrate::peers();
+    let (sweep, rows) = evaluate(std::slice::from_ref(&traces), &Family::DEFAULTS, 16, &presets)?;
     let html = report::write_html(out_dir, "stopwise demo (GSM8K sample, SmolLM2-135M)", &rows, &sweep.oracle)?;
     print_rows(&rows, json)?;
     eprintln!("report: {}\nwall time: {:.0} s", html.display(), started.elapsed().as_secs_f64());

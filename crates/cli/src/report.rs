@@ -6,13 +6,21 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use plotters::prelude::*;
 use stopwise_core::replay::Summary;
+use stopwise_core::sweep::pareto_frontier;
 
 /// One row of a report: a rule at one setting, or the oracle.
 pub struct Row {
     pub label: String,
+    /// How the plot draws it: a family name (a point of that family's frontier), or one of
+    /// [`PRESET`], [`ORACLE`], [`CERTIFIED`] (labelled points).
+    pub group: String,
     pub summary: Summary,
     pub on_frontier: bool,
 }
+
+pub const PRESET: &str = "preset";
+pub const ORACLE: &str = "oracle";
+pub const CERTIFIED: &str = "certified";
 
 pub fn table(rows: &[Row]) -> String {
     let mut out = String::new();
@@ -89,39 +97,90 @@ fn escape(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
 }
 
+/// What the plot's y axis shows: EM after stopping when items have gold, else agreement.
+fn quality(s: &Summary) -> f64 {
+    if s.items_with_gold > 0 {
+        s.em_stopped
+    } else {
+        s.agreement
+    }
+}
+
 fn pareto_svg(rows: &[Row], oracle: &Summary) -> Result<String> {
+    let with_gold = rows.iter().any(|r| r.summary.items_with_gold > 0);
+    let point = |s: &Summary| (s.token_reduction, quality(s));
     let mut svg = String::new();
     {
-        let root = SVGBackend::with_string(&mut svg, (720, 480)).into_drawing_area();
+        let root = SVGBackend::with_string(&mut svg, (820, 540)).into_drawing_area();
         root.fill(&WHITE).map_err(plot_error)?;
         let x_min = rows.iter().map(|r| r.summary.token_reduction).fold(0.0f64, f64::min).max(-1.0);
+        let y_max = rows.iter().map(|r| quality(&r.summary)).fold(quality(oracle), f64::max);
+        let y_max = (y_max * 1.15).clamp(0.05, 1.0);
         let mut chart = ChartBuilder::on(&root)
-            .caption("tokens saved vs EM after stopping", ("sans-serif", 18))
+            .caption("tokens saved vs quality after stopping", ("sans-serif", 18))
             .margin(12)
             .x_label_area_size(40)
-            .y_label_area_size(50)
-            .build_cartesian_2d(x_min..1.0f64, 0.0..1.0f64)
+            .y_label_area_size(55)
+            .build_cartesian_2d(x_min..1.0f64, 0.0..y_max)
             .map_err(plot_error)?;
         chart
             .configure_mesh()
             .x_desc("token reduction (probe tokens counted)")
-            .y_desc("EM after stopping")
+            .y_desc(if with_gold { "EM after stopping" } else { "agreement with the full answer" })
             .draw()
             .map_err(plot_error)?;
+        let mut families: Vec<&str> = Vec::new();
+        for r in rows {
+            if ![PRESET, ORACLE, CERTIFIED].contains(&r.group.as_str()) && !families.contains(&r.group.as_str()) {
+                families.push(&r.group);
+            }
+        }
+        for (k, family) in families.iter().enumerate() {
+            let color = Palette99::pick(k).to_rgba();
+            let members: Vec<&Row> = rows.iter().filter(|r| r.group == *family).collect();
+            chart
+                .draw_series(members.iter().map(|r| Circle::new(point(&r.summary), 2, color.mix(0.35).filled())))
+                .map_err(plot_error)?;
+            let summaries: Vec<Summary> = members.iter().map(|r| r.summary).collect();
+            let mut frontier: Vec<(f64, f64)> =
+                pareto_frontier(&summaries).into_iter().map(|i| point(&summaries[i])).collect();
+            frontier.sort_by(|a, b| a.0.total_cmp(&b.0));
+            chart
+                .draw_series(LineSeries::new(frontier, color.stroke_width(2)))
+                .map_err(plot_error)?
+                .label(*family)
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2)));
+        }
+        // Labels are staggered vertically: presets often sit on top of each other.
+        let mut placed = 0;
+        let mut labelled =
+            |chart: &mut ChartContext<'_, SVGBackend<'_>, _>, at: (f64, f64), text: &str, style: ShapeStyle| {
+                placed += 1;
+                chart
+                    .draw_series([EmptyElement::at(at)
+                        + TriangleMarker::new((0, 0), 6, style)
+                        + Text::new(text.to_owned(), (6, -12 - 13 * (placed % 4)), ("sans-serif", 12))])
+                    .map(|_| ())
+                    .map_err(plot_error)
+            };
+        for r in rows.iter().filter(|r| r.group == PRESET) {
+            labelled(&mut chart, point(&r.summary), &r.label, BLACK.mix(0.7).filled())?;
+        }
+        for r in rows.iter().filter(|r| r.group == CERTIFIED) {
+            labelled(&mut chart, point(&r.summary), &format!("certified: {}", r.label), RED.filled())?;
+        }
         chart
-            .draw_series(
-                rows.iter()
-                    .map(|r| Circle::new((r.summary.token_reduction, r.summary.em_stopped), 2, BLUE.mix(0.4).filled())),
-            )
+            .draw_series([EmptyElement::at(point(oracle))
+                + Cross::new((0, 0), 6, BLACK.stroke_width(2))
+                + Text::new("oracle (bound)", (8, 4), ("sans-serif", 12))])
             .map_err(plot_error)?;
-        let mut frontier: Vec<(f64, f64)> =
-            rows.iter().filter(|r| r.on_frontier).map(|r| (r.summary.token_reduction, r.summary.em_stopped)).collect();
-        frontier.sort_by(|a, b| a.0.total_cmp(&b.0));
-        chart.draw_series(LineSeries::new(frontier, RED.stroke_width(2))).map_err(plot_error)?.label("Pareto frontier");
         chart
-            .draw_series([Cross::new((oracle.token_reduction, oracle.em_stopped), 6, BLACK.stroke_width(2))])
-            .map_err(plot_error)?
-            .label("oracle");
+            .configure_series_labels()
+            .position(SeriesLabelPosition::LowerLeft)
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()
+            .map_err(plot_error)?;
         root.present().map_err(plot_error)?;
     }
     Ok(svg)

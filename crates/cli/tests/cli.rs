@@ -40,3 +40,172 @@ fn bad_input_exits_2_naming_file_line_and_field() {
     assert!(err.contains("unknown preset `nope`"), "{err}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+fn recorded_traces() -> String {
+    format!("{}/../../data/traces/gsm8k.jsonl", env!("CARGO_MANIFEST_DIR"))
+}
+
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("stopwise-cli-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn calibrate_writes_a_certificate_that_replay_accepts_as_a_policy() {
+    let dir = temp_dir("calibrate");
+    let cert = dir.join("cert.json");
+    let traces = recorded_traces();
+    let (code, out, err) = stopwise(&[
+        "calibrate",
+        "--traces",
+        &traces,
+        "--risk",
+        "disagreement",
+        "--epsilon",
+        "0.3",
+        "--delta",
+        "0.1",
+        "--json",
+        "--out",
+        cert.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let printed: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let written: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cert).unwrap()).unwrap();
+    assert_eq!(printed, written);
+    assert_eq!(written["kind"], "stopwise-certificate");
+    assert!(written["upper_bound"].as_f64().unwrap() <= 0.3);
+    assert!(written["candidates"].as_array().unwrap().iter().any(|c| c["certified"] == true));
+
+    // Replayed on the traces it was calibrated on, the certificate's policy saves what it says.
+    let (code, out, err) = stopwise(&["replay", "--traces", &traces, "--rule", cert.to_str().unwrap(), "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let rows: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let saved = rows[0]["summary"]["token_reduction"].as_f64().unwrap();
+    assert!((saved - written["token_reduction"].as_f64().unwrap()).abs() < 1e-9, "{saved} vs {written}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn calibrate_says_how_many_traces_it_would_need() {
+    let dir = temp_dir("few");
+    let few = dir.join("few.jsonl");
+    let lines: Vec<String> =
+        std::fs::read_to_string(recorded_traces()).unwrap().lines().take(5).map(String::from).collect();
+    std::fs::write(&few, lines.join("\n") + "\n").unwrap();
+    let (code, _, err) = stopwise(&["calibrate", "--traces", few.to_str().unwrap(), "--epsilon", "0.01"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("nothing could be certified") && err.contains("needs at least 437 risk items"), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn calibrate_and_validate_reject_bad_input_clearly() {
+    let dir = temp_dir("bad");
+    let traces = recorded_traces();
+    for eps in ["0", "1.5", "-0.1"] {
+        let (code, _, err) = stopwise(&["calibrate", "--traces", &traces, &format!("--epsilon={eps}")]);
+        assert_eq!(code, 2);
+        assert!(err.contains("epsilon must be in (0, 1)"), "{err}");
+    }
+    let (code, _, err) = stopwise(&["validate", "--traces", &traces, "--delta", "1"]);
+    assert_eq!((code, err.contains("delta must be in (0, 1)")), (2, true), "{err}");
+    let empty = dir.join("empty.jsonl");
+    std::fs::write(&empty, "").unwrap();
+    let (code, _, err) = stopwise(&["calibrate", "--traces", empty.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(err.contains("empty"), "{err}");
+    // Traces without gold answers cannot measure an EM drop.
+    let no_gold = dir.join("no_gold.jsonl");
+    let stripped: Vec<String> = std::fs::read_to_string(&traces)
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let mut v: serde_json::Value = serde_json::from_str(line).unwrap();
+            v["gold"] = serde_json::json!([]);
+            v.to_string()
+        })
+        .collect();
+    std::fs::write(&no_gold, stripped.join("\n") + "\n").unwrap();
+    let (code, _, err) = stopwise(&["calibrate", "--traces", no_gold.to_str().unwrap(), "--risk", "em-drop"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("needs gold answers") && err.contains("--risk disagreement"), "{err}");
+    let (code, _, err) = stopwise(&["validate", "--traces", &traces, "--calibration-fraction", "1"]);
+    assert_eq!((code, err.contains("calibration fraction")), (2, true), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn validate_reports_coverage_and_peers_reproducibly() {
+    let traces = recorded_traces();
+    let args = [
+        "validate",
+        "--traces",
+        &traces,
+        "--risk",
+        "disagreement",
+        "--epsilon",
+        "0.3",
+        "--delta",
+        "0.1",
+        "--splits",
+        "50",
+        "--seed",
+        "4",
+        "--json",
+    ];
+    let (code, out, err) = stopwise(&args);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let coverage = v["coverage"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&coverage));
+    let peers: Vec<&str> = v["peers"].as_array().unwrap().iter().map(|p| p["label"].as_str().unwrap()).collect();
+    assert!(peers.contains(&"dynasor-cot") && peers.contains(&"deer") && peers.contains(&"deepconf-low"), "{peers:?}");
+    assert_eq!(stopwise(&args).1, out, "same seed, same result");
+}
+
+#[test]
+fn report_draws_every_family_the_presets_and_the_certified_point() {
+    let dir = temp_dir("report");
+    let traces = recorded_traces();
+    let cert = dir.join("cert.json");
+    let (code, _, err) = stopwise(&[
+        "calibrate",
+        "--traces",
+        &traces,
+        "--risk",
+        "disagreement",
+        "--epsilon",
+        "0.3",
+        "--out",
+        cert.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let out = dir.join("report");
+    let (code, _, err) = stopwise(&[
+        "report",
+        "--traces",
+        &traces,
+        "--certificate",
+        cert.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    for text in [
+        "<svg",
+        "budget",
+        "consistency",
+        "confidence",
+        "logprob_window",
+        "dynasor-cot",
+        "deer",
+        "certified: ",
+        "oracle (bound)",
+    ] {
+        assert!(html.contains(text), "report lacks `{text}`");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
