@@ -79,6 +79,10 @@ enum Command {
         /// Sequences decoded together.
         #[arg(long, default_value_t = 4)]
         parallel: u32,
+        /// CPU threads for llama.cpp (default: every core). One thread per process degrades more
+        /// gracefully when other work shares the cores.
+        #[arg(long)]
+        threads: Option<u32>,
         #[arg(long)]
         system_prompt: Option<String>,
         #[arg(long)]
@@ -326,6 +330,7 @@ fn run(cli: Cli) -> Result<()> {
             probe_max_tokens,
             max_tokens,
             parallel,
+            threads,
             system_prompt,
             model,
             out,
@@ -333,7 +338,7 @@ fn run(cli: Cli) -> Result<()> {
         } => {
             let (format, mut items) = dataset::read(&dataset, format)?;
             items.truncate(limit.unwrap_or(usize::MAX));
-            let engine = load_engine(model.as_deref(), task, system_prompt, parallel)?;
+            let engine = load_engine(model.as_deref(), task, system_prompt, parallel, threads)?;
             let settings = record::RecordSettings {
                 dataset_name: format.name().to_owned(),
                 task,
@@ -357,10 +362,19 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
-fn load_engine(model: Option<&Path>, task: Task, system_prompt: Option<String>, parallel: u32) -> Result<LlamaEngine> {
+fn load_engine(
+    model: Option<&Path>,
+    task: Task,
+    system_prompt: Option<String>,
+    parallel: u32,
+    threads: Option<u32>,
+) -> Result<LlamaEngine> {
     let path = resolve_model(model)?;
     let mut config = LlamaConfig::new(path);
     config.parallel = parallel.max(1);
+    if let Some(threads) = threads {
+        config.threads = threads;
+    }
     config.system_prompt = Some(system_prompt.unwrap_or_else(|| record::default_system_prompt(task).to_owned()));
     Ok(LlamaEngine::load(config)?)
 }
@@ -454,7 +468,7 @@ fn demo(limit: usize, out_dir: &Path, model: Option<&Path>, json: bool) -> Resul
     items.truncate(limit);
     std::fs::create_dir_all(out_dir).with_context(|| format!("{}: cannot create", out_dir.display()))?;
     let traces = out_dir.join("traces.jsonl");
-    let engine = load_engine(Some(&model), Task::Numeric, None, 4)?;
+    let engine = load_engine(Some(&model), Task::Numeric, None, 4, None)?;
     let settings = record::RecordSettings {
         dataset_name: format.name().to_owned(),
         task: Task::Numeric,

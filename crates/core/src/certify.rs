@@ -575,7 +575,10 @@ pub fn policy_from_text(text: &str) -> Result<PolicySpec, PolicyError> {
     let certificate: Certificate = serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_str(text))
         .map_err(|e| PolicyError::Syntax(format!("certificate: {e}")))?;
     if certificate.version != 1 {
-        return Err(PolicyError::Syntax(format!("certificate version {} is not supported (1 is)", certificate.version)));
+        return Err(PolicyError::Syntax(format!(
+            "certificate version {} is not supported (1 is)",
+            certificate.version
+        )));
     }
     certificate.policy.validate()?;
     Ok(certificate.policy)
@@ -857,7 +860,10 @@ mod tests {
         let (table, _) = synthetic(10, 3, 0.1, &mut SplitMix64::new(1));
         let items: Vec<usize> = (0..10).collect();
         for eps in [0.0, 1.0, -0.1, f64::NAN] {
-            assert!(matches!(certify(&table, &items, &settings(eps, 0.05, Method::Ltt)), Err(CertifyError::Epsilon(_))));
+            assert!(matches!(
+                certify(&table, &items, &settings(eps, 0.05, Method::Ltt)),
+                Err(CertifyError::Epsilon(_))
+            ));
         }
         assert!(matches!(certify(&table, &items, &settings(0.1, 1.5, Method::Ltt)), Err(CertifyError::Delta(_))));
         assert_eq!(certify(&table, &[], &settings(0.1, 0.1, Method::Ltt)), Err(CertifyError::NoItems));
@@ -905,7 +911,10 @@ mod tests {
         let certificate = Certificate::of(&result).expect("the sample's last probe agrees: something certifies");
         let text = serde_json::to_string(&certificate).unwrap();
         let back: Certificate = serde_json::from_str(&text).unwrap();
-        assert_eq!((&back.policy, &back.label, back.n, back.candidates.len()), (&certificate.policy, &certificate.label, certificate.n, certificate.candidates.len()));
+        assert_eq!(
+            (&back.policy, &back.label, back.n, back.candidates.len()),
+            (&certificate.policy, &certificate.label, certificate.n, certificate.candidates.len())
+        );
         assert_eq!(policy_from_text(&text).unwrap(), certificate.policy);
         assert_eq!(policy_from_text("dynasor-cot").unwrap(), PolicySpec::parse("dynasor-cot").unwrap());
         let broken = text.replace("\"version\":1", "\"version\":7");

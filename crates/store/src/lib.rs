@@ -146,7 +146,8 @@ pub struct TraceWriter {
 
 impl TraceWriter {
     /// Opens `path` for appending, creating it if needed. If the file ends in a partial line
-    /// (a crash mid-write), a newline is added first so the next trace starts on its own line.
+    /// (a crash mid-write), that line is cut off: it was never counted as recorded (see
+    /// [`recorded_ids`]), and left in place it would become a corrupt line mid-file.
     pub fn append(path: &Path) -> Result<Self, StoreError> {
         let io_err = |source| StoreError::Io { path: path.to_owned(), source };
         if path.to_string_lossy().ends_with(".gz") || path.to_string_lossy().ends_with(".zst") {
@@ -155,16 +156,17 @@ impl TraceWriter {
                 "recording writes plain .jsonl (append-safe); compress the finished file",
             )));
         }
-        let needs_newline = match std::fs::read(path) {
-            Ok(bytes) => bytes.last().is_some_and(|&b| b != b'\n'),
-            Err(_) => false,
+        let complete_length = match std::fs::read(path) {
+            Ok(bytes) if bytes.last().is_some_and(|&b| b != b'\n') => {
+                Some(bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1) as u64)
+            }
+            _ => None,
         };
         let file = OpenOptions::new().create(true).append(true).open(path).map_err(io_err)?;
-        let mut out = BufWriter::new(file);
-        if needs_newline {
-            out.write_all(b"\n").map_err(io_err)?;
+        if let Some(length) = complete_length {
+            file.set_len(length).map_err(io_err)?;
         }
-        Ok(TraceWriter { path: path.to_owned(), out })
+        Ok(TraceWriter { path: path.to_owned(), out: BufWriter::new(file) })
     }
 
     pub fn write(&mut self, trace: &Trace) -> Result<(), StoreError> {
