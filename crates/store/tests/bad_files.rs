@@ -5,7 +5,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use stopwise_store::{read_all, recorded_ids, StoreError, TraceReader, TraceWriter};
+use stopwise_store::{read_all, recorded_ids, TraceReader, TraceWriter};
 
 const GOOD: &str = r#"{"v":1,"id":"a","dataset":"gsm8k","task":"numeric","gold":["4"],"model":"m","prompt_tokens":5,"probe":{"suffix":"\nFinal answer: ","max_tokens":8,"interval":32},"checkpoints":[{"tokens":32,"answer":"4","answer_tokens":2,"mean_prob":0.9,"min_prob":0.8,"segment_logprob":-0.3,"segment_entropy":0.5}],"final":{"tokens":40,"answer":"4","finish_reason":"stop"}}"#;
 
