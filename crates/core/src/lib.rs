@@ -3,9 +3,12 @@
 //! Everything here is a plain function over data: no I/O, no async, no global state.
 //! The trace format ([`trace`]), answer extraction and Exact Match ([`answer`]), stop rules
 //! ([`policy`]), replay of rules over recorded traces ([`replay`]) and threshold sweeps with
-//! Pareto frontiers ([`sweep`]). I/O (files, models, HTTP) lives in the other crates.
+//! Pareto frontiers ([`sweep`]), and the learned stopper's features ([`features`]) and model
+//! ([`learned`]). I/O (files, models, HTTP) lives in the other crates.
 
 pub mod answer;
+pub mod features;
+pub mod learned;
 pub mod policy;
 pub mod replay;
 pub mod sweep;
