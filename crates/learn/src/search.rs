@@ -59,11 +59,14 @@ pub fn add_curve(rows: &TraceRows, scores: &[f64], thresholds: &[f64], tallies: 
 }
 
 /// Mean best token reduction over quality-loss budgets uniform in `[0, max_loss]`: the area
-/// under the frontier of (loss, tokens saved), divided by `max_loss`. Not stopping at all (loss 0,
-/// saving 0) is always available, so the area is at least 0.
-pub fn saving_area(summaries: &[Summary], metric: Metric, max_loss: f64) -> f64 {
+/// under the frontier of (loss, tokens saved), divided by `max_loss`. `floor` is the saving at
+/// zero loss when no threshold qualifies: that of never stopping while still probing (negative).
+///
+/// The floor is not 0 ("switch the rule off") on purpose: when probes cost more than any stop
+/// saves, every setting would then score 0 and the search could not tell them apart.
+pub fn saving_area(summaries: &[Summary], metric: Metric, max_loss: f64, floor: f64) -> f64 {
     let mut points: Vec<(f64, f64)> =
-        summaries.iter().map(|s| (metric.loss(s).max(0.0), s.token_reduction)).chain([(0.0, 0.0)]).collect();
+        summaries.iter().map(|s| (metric.loss(s).max(0.0), s.token_reduction)).chain([(0.0, floor)]).collect();
     points.sort_by(|a, b| a.0.total_cmp(&b.0));
     let mut area = 0.0;
     let mut best = f64::NEG_INFINITY;
@@ -170,15 +173,18 @@ pub fn cross_validate(
     let mut trials = Vec::new();
     for (c, config) in candidates.iter().enumerate() {
         let mut tallies = vec![Tally::default(); thresholds.len()];
+        let mut never = Tally::default();
         for f in 0..k {
             let training: Vec<&TraceRows> = rows.iter().zip(&fold).filter(|(_, &g)| g != f).map(|(r, _)| r).collect();
             let model = train(&training, config)?.model;
             for (r, _) in rows.iter().zip(&fold).filter(|(_, &g)| g == f) {
                 add_curve(r, &scores(&model, r), &thresholds, &mut tallies);
+                never.add(&r.facts, &r.facts.outcome(None, true));
             }
         }
         let summaries: Vec<Summary> = tallies.iter().map(Tally::summary).collect();
-        let trial = Trial { config: config.clone(), area: saving_area(&summaries, metric, max_loss) };
+        let area = saving_area(&summaries, metric, max_loss, never.summary().token_reduction);
+        let trial = Trial { config: config.clone(), area };
         progress(c, &trial);
         trials.push(trial);
     }
@@ -225,10 +231,11 @@ mod tests {
     fn area_integrates_the_frontier_step_function() {
         // Budgets [0, 0.02): 0.1; [0.02, 0.04): 0.3 (the 0.2 point is dominated).
         let s = [summary(0.0, 0.1), summary(0.02, 0.3), summary(0.03, 0.2), summary(0.5, 0.9)];
-        assert!((saving_area(&s, Metric::Em, 0.04) - 0.2).abs() < 1e-12);
-        // A negative EM drop counts as no drop; a rule that only costs tokens scores 0.
-        assert!((saving_area(&[summary(-0.1, 0.4)], Metric::Em, 0.05) - 0.4).abs() < 1e-12);
-        assert_eq!(saving_area(&[summary(0.0, -0.2)], Metric::Em, 0.05), 0.0);
+        assert!((saving_area(&s, Metric::Em, 0.04, 0.0) - 0.2).abs() < 1e-12);
+        // A negative EM drop counts as no drop.
+        assert!((saving_area(&[summary(-0.1, 0.4)], Metric::Em, 0.05, -0.3) - 0.4).abs() < 1e-12);
+        // Below the first qualifying point the floor counts: half the budget at -0.3, half at -0.1.
+        assert!((saving_area(&[summary(0.025, -0.1)], Metric::Em, 0.05, -0.3) - -0.2).abs() < 1e-12);
     }
 
     #[test]

@@ -271,7 +271,7 @@ fn standardisation(rows: &[(Features, bool)]) -> (Vec<f64>, Vec<f64>) {
             *m += v / n;
         }
     }
-    let mut scale = vec![0.0; FEATURES];
+    let mut scale = [0.0; FEATURES];
     for (x, _) in rows {
         for ((s, v), m) in scale.iter_mut().zip(x).zip(&mean) {
             *s += (v - m) * (v - m) / n;
