@@ -50,6 +50,7 @@ fn synthetic(rng: &mut SplitMix64, index: usize, checkpoints: u32) -> Trace {
             answer: final_answer,
             finish_reason: "stop".into(),
             text: None,
+            text_offsets: Vec::new(),
         },
         checkpoints,
     }
@@ -78,7 +79,7 @@ pub fn sweep(traces: usize, checkpoints: u32, thresholds: usize, seed: u64) -> R
     let parse = started.elapsed().as_secs_f64();
 
     let started = Instant::now();
-    let mut sweep = Sweep::new(Family::DEFAULTS.iter().map(|f| (*f, f.grid(thresholds, 32))));
+    let mut sweep = Sweep::new(Family::DEFAULTS.iter().map(|f| (f.clone(), f.grid(thresholds, 32))));
     for trace in TraceReader::open(&path)? {
         let trace = trace?;
         sweep.add(&trace, &TraceFacts::of(&trace));
@@ -89,7 +90,7 @@ pub fn sweep(traces: usize, checkpoints: u32, thresholds: usize, seed: u64) -> R
     // The sweep alone, on traces already in memory: what the numpy baseline times too.
     let in_memory: Vec<Trace> = TraceReader::open(&path)?.collect::<Result<_, _>>()?;
     let started = Instant::now();
-    let mut sweep = Sweep::new(Family::DEFAULTS.iter().map(|f| (*f, f.grid(thresholds, 32))));
+    let mut sweep = Sweep::new(Family::DEFAULTS.iter().map(|f| (f.clone(), f.grid(thresholds, 32))));
     for trace in &in_memory {
         sweep.add(trace, &TraceFacts::of(trace));
     }

@@ -256,5 +256,7 @@ pub fn policy_argument(rule: &str) -> Result<PolicySpec> {
     } else {
         (rule.to_owned(), "--rule")
     };
+    let text =
+        crate::learn::inline_model_files(&text).with_context(|| format!("{source}: not a policy or certificate"))?;
     stopwise_core::certify::policy_from_text(&text).with_context(|| format!("{source}: not a policy or certificate"))
 }

@@ -3,6 +3,7 @@
 mod bench;
 mod calibrate;
 mod dataset;
+mod learn;
 mod record;
 mod report;
 
@@ -87,6 +88,9 @@ enum Command {
         system_prompt: Option<String>,
         #[arg(long)]
         model: Option<PathBuf>,
+        /// Also store the reasoning text and each checkpoint's offset into it (for `export-sft`).
+        #[arg(long)]
+        keep_text: bool,
         #[arg(long)]
         out: PathBuf,
         #[arg(long)]
@@ -184,6 +188,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Train the learned stopper on traces; with --test-fraction, compare it with every hand rule.
+    #[command(
+        after_help = "Examples:\n  stopwise train --traces data/traces/gsm8k.jsonl --out stopper.json --seed 1 --test-fraction 0.3\n  stopwise train --traces t.jsonl --out stopper.json --search random --trials 30 --folds 5\n\nUse the model as a rule: --rule '{\"type\":\"learned\",\"model\":\"stopper.json\",\"threshold\":0.9}'"
+    )]
+    Train(learn::TrainArgs),
+    /// Write chat-format fine-tuning examples (prompt + reasoning cut where the probe was wrong
+    /// but the full answer right -> the full answer) from traces recorded with `run --keep-text`.
+    #[command(after_help = "Example:\n  stopwise export-sft --traces traces-with-text.jsonl --out sft.jsonl")]
+    ExportSft(learn::ExportSftArgs),
 }
 
 /// What `calibrate` and `validate` share.
@@ -333,6 +346,7 @@ fn run(cli: Cli) -> Result<()> {
             threads,
             system_prompt,
             model,
+            keep_text,
             out,
             json,
         } => {
@@ -346,6 +360,7 @@ fn run(cli: Cli) -> Result<()> {
                 max_tokens,
                 out: out.clone(),
                 in_flight: parallel as usize,
+                keep_text,
             };
             let recorded = record::record(&engine, &items, &settings)?;
             if json {
@@ -359,6 +374,8 @@ fn run(cli: Cli) -> Result<()> {
             bench::sweep(traces, checkpoints, thresholds, seed)
         }
         Command::Demo { limit, out_dir, model, json } => demo(limit, &out_dir, model.as_deref(), json),
+        Command::Train(args) => learn::train_command(&args),
+        Command::ExportSft(args) => learn::export_sft_command(&args),
     }
 }
 
@@ -394,7 +411,7 @@ fn evaluate(
             let trace = trace?;
             let facts = TraceFacts::of(&trace);
             let sweep = sweep.get_or_insert_with(|| {
-                Sweep::new(families.iter().map(|f| (*f, f.grid(thresholds, trace.probe.interval))))
+                Sweep::new(families.iter().map(|f| (f.clone(), f.grid(thresholds, trace.probe.interval))))
             });
             sweep.add(&trace, &facts);
             for ((_, spec), tally) in named.iter().zip(&mut tallies) {
@@ -476,6 +493,7 @@ fn demo(limit: usize, out_dir: &Path, model: Option<&Path>, json: bool) -> Resul
         max_tokens: 384,
         out: traces.clone(),
         in_flight: 4,
+        keep_text: false,
     };
     eprintln!("recording {} GSM8K items with {} into {}", items.len(), model.display(), traces.display());
     record::record(&engine, &items, &settings)?;

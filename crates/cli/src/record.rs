@@ -32,6 +32,8 @@ pub struct RecordSettings {
     pub out: PathBuf,
     /// Requests kept in flight (the engine batches them).
     pub in_flight: usize,
+    /// Store the reasoning text and each checkpoint's offset into it (`export-sft` needs them).
+    pub keep_text: bool,
 }
 
 /// Records every item not yet in `settings.out`; returns how many were recorded.
@@ -86,6 +88,7 @@ fn collect(model: &str, item: &Item, handle: &mut RequestHandle, settings: &Reco
     let mut prompt_tokens = 0;
     let mut text = String::new();
     let mut checkpoints = Vec::new();
+    let mut text_offsets = Vec::new();
     let (mut segment_tokens, mut logprob_sum, mut entropy_sum) = (0u32, 0f64, 0f64);
     while let Some(event) = handle.next_blocking() {
         match event {
@@ -98,6 +101,7 @@ fn collect(model: &str, item: &Item, handle: &mut RequestHandle, settings: &Reco
             }
             Event::Probe { after_tokens, text: probe_text, tokens: answer_tokens, mean_prob, min_prob } => {
                 let n = f64::from(segment_tokens.max(1));
+                text_offsets.push(u32::try_from(text.len()).context("reasoning text longer than 4 GiB")?);
                 checkpoints.push(Checkpoint {
                     tokens: after_tokens,
                     answer: answer::extract(task, &probe_text),
@@ -130,7 +134,8 @@ fn collect(model: &str, item: &Item, handle: &mut RequestHandle, settings: &Reco
                         tokens: completion_tokens,
                         answer: answer::extract(task, &text),
                         finish_reason: finish.into(),
-                        text: None,
+                        text_offsets: if settings.keep_text { text_offsets } else { Vec::new() },
+                        text: settings.keep_text.then_some(text),
                     },
                 };
                 trace.validate().context("the engine produced an invalid trace")?;

@@ -3,11 +3,14 @@
 //! Everything here is a plain function over data: no I/O, no async, no global state.
 //! The trace format ([`trace`]), answer extraction and Exact Match ([`answer`]), stop rules
 //! ([`policy`]), replay of rules over recorded traces ([`replay`]), threshold sweeps with
-//! Pareto frontiers ([`sweep`]) and certified thresholds with finite-sample guarantees
-//! ([`certify`]). I/O (files, models, HTTP) lives in the other crates.
+//! Pareto frontiers ([`sweep`]), certified thresholds with finite-sample guarantees
+//! ([`certify`]), and the learned stopper's features ([`features`]) and model ([`learned`]).
+//! I/O (files, models, HTTP) lives in the other crates.
 
 pub mod answer;
 pub mod certify;
+pub mod features;
+pub mod learned;
 pub mod policy;
 pub mod replay;
 pub mod rng;

@@ -9,6 +9,8 @@ use std::collections::VecDeque;
 use serde::{Deserialize, Serialize};
 
 use crate::answer::{self, Task};
+use crate::features::{FeatureState, RequestInfo};
+use crate::learned::SharedModel;
 use crate::trace::Checkpoint;
 
 /// Every stop rule, as written in TOML or JSON (`type = "consistency"`, ...).
@@ -40,6 +42,9 @@ pub enum PolicySpec {
         #[serde(default)]
         min_tokens: u32,
     },
+    /// A trained stopper (`stopwise train`): stop when its score of the checkpoint's features
+    /// reaches `threshold`. The model is embedded (see [`crate::learned`] for why).
+    Learned { model: SharedModel, threshold: f32 },
     /// Static floor and cap around a dynamic rule: never stop before `floor` tokens, always stop
     /// at `cap` tokens, otherwise as `rule` says.
     Hybrid { floor: u32, cap: u32, rule: Box<PolicySpec> },
@@ -129,6 +134,12 @@ impl PolicySpec {
             PolicySpec::LogprobWindow { threshold, .. } if threshold.is_nan() || *threshold > 0.0 => {
                 invalid("threshold", "must be a log-probability (<= 0)")
             }
+            PolicySpec::Learned { threshold, .. } if !(0.0..=1.0).contains(threshold) => {
+                invalid("threshold", "must be a probability in [0, 1]")
+            }
+            PolicySpec::Learned { model, .. } => {
+                model.check().map_err(|e| PolicyError::Invalid { field: "model".into(), why: e.to_string() })
+            }
             PolicySpec::Hybrid { floor, cap, rule } => {
                 if floor > cap {
                     return invalid("floor", "must not exceed cap");
@@ -175,6 +186,7 @@ impl PolicySpec {
             PolicySpec::LogprobWindow { window, threshold, min_tokens } => {
                 format!("logprob_window({window},{threshold}{})", min_opt(*min_tokens))
             }
+            PolicySpec::Learned { model, threshold } => format!("learned({},{threshold})", model.id),
             PolicySpec::Hybrid { floor, cap, rule } => format!("hybrid({floor},{cap},{})", rule.label()),
             PolicySpec::Any { rules } => {
                 format!("any({})", rules.iter().map(PolicySpec::label).collect::<Vec<_>>().join(","))
@@ -186,8 +198,15 @@ impl PolicySpec {
         }
     }
 
-    /// A fresh per-request state machine for this policy.
+    /// A fresh per-request state machine for a request known only by its task. A `learned` rule
+    /// then sees zeros for the question length and prompt size; prefer [`Self::start_request`].
     pub fn start(&self, task: Task) -> Rule {
+        self.start_request(RequestInfo::task_only(task))
+    }
+
+    /// A fresh per-request state machine for this policy.
+    pub fn start_request(&self, request: RequestInfo) -> Rule {
+        let task = request.task;
         let state = match self {
             PolicySpec::Budget { max_tokens } => State::Budget { max_tokens: *max_tokens },
             PolicySpec::Consistency { window, min_tokens, hedge_filter } => State::Consistency {
@@ -205,11 +224,16 @@ impl PolicySpec {
                 threshold: *threshold,
                 min_tokens: *min_tokens,
             },
+            PolicySpec::Learned { model, threshold } => State::Learned {
+                features: Box::new(FeatureState::new(request)),
+                model: model.clone(),
+                threshold: *threshold,
+            },
             PolicySpec::Hybrid { floor, cap, rule } => {
-                State::Hybrid { floor: *floor, cap: *cap, inner: Box::new(rule.start(task)) }
+                State::Hybrid { floor: *floor, cap: *cap, inner: Box::new(rule.start_request(request)) }
             }
-            PolicySpec::Any { rules } => State::Any(rules.iter().map(|r| r.start(task)).collect()),
-            PolicySpec::All { rules } => State::All(rules.iter().map(|r| r.start(task)).collect()),
+            PolicySpec::Any { rules } => State::Any(rules.iter().map(|r| r.start_request(request)).collect()),
+            PolicySpec::All { rules } => State::All(rules.iter().map(|r| r.start_request(request)).collect()),
             PolicySpec::Never => State::Never,
         };
         Rule { task, state }
@@ -261,6 +285,7 @@ enum State {
     Consistency { window: u32, min_tokens: u32, hedge_filter: bool, last: Option<String>, run: u32 },
     Confidence { threshold: f32, min_tokens: u32 },
     LogprobWindow { window: LogprobWindow, threshold: f32, min_tokens: u32 },
+    Learned { features: Box<FeatureState>, model: SharedModel, threshold: f32 },
     Hybrid { floor: u32, cap: u32, inner: Box<Rule> },
     Any(Vec<Rule>),
     All(Vec<Rule>),
@@ -284,6 +309,9 @@ impl Rule {
             State::LogprobWindow { window, threshold, min_tokens } => {
                 let mean = window.push(checkpoint);
                 checkpoint.tokens >= *min_tokens && !checkpoint.answer.is_empty() && mean >= f64::from(*threshold)
+            }
+            State::Learned { features, model, threshold } => {
+                learned_score(model, &features.push(checkpoint), checkpoint) >= f64::from(*threshold)
             }
             State::Hybrid { floor, cap, inner } => {
                 // The inner rule sees every checkpoint, so its state (e.g. a run of equal answers)
@@ -326,6 +354,15 @@ pub fn confidence_score(checkpoint: &Checkpoint) -> f32 {
         f32::NEG_INFINITY
     } else {
         checkpoint.mean_prob
+    }
+}
+
+/// The learned rule's score of a checkpoint; an empty answer never qualifies.
+pub fn learned_score(model: &SharedModel, features: &crate::features::Features, checkpoint: &Checkpoint) -> f64 {
+    if checkpoint.answer.is_empty() {
+        f64::NEG_INFINITY
+    } else {
+        model.score(features)
     }
 }
 

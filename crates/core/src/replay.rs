@@ -7,6 +7,7 @@
 use serde::Serialize;
 
 use crate::answer;
+use crate::features::RequestInfo;
 use crate::policy::{Decision, PolicySpec};
 use crate::trace::Trace;
 
@@ -127,7 +128,7 @@ pub struct Outcome {
 
 /// Replays a rule on one trace with the same state machine that runs online.
 pub fn replay(spec: &PolicySpec, trace: &Trace, facts: &TraceFacts) -> Outcome {
-    let mut rule = spec.start(trace.task);
+    let mut rule = spec.start_request(RequestInfo::of(trace));
     let stop = trace.checkpoints.iter().position(|c| rule.observe(c) == Decision::Stop);
     facts.outcome(stop, spec.probes_every_checkpoint())
 }

@@ -13,6 +13,13 @@ impl SplitMix64 {
         SplitMix64(seed)
     }
 
+    /// An independent stream for one purpose (`stream` names it), so that, say, changing the
+    /// number of training epochs does not change the train/validation split.
+    pub fn derive(seed: u64, stream: u64) -> Self {
+        let mut base = SplitMix64(seed ^ stream.wrapping_mul(0xA076_1D64_78BD_642F));
+        SplitMix64(base.next_u64())
+    }
+
     pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
@@ -39,6 +46,11 @@ impl SplitMix64 {
     }
 }
 
+/// FNV-1a: a stable hash for ids and fingerprints (std's hasher may change between releases).
+pub fn fnv1a(bytes: impl IntoIterator<Item = u8>) -> u64 {
+    bytes.into_iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -55,6 +67,8 @@ mod tests {
             b.below(7);
         }
         assert_ne!(SplitMix64::new(1).next_u64(), SplitMix64::new(2).next_u64());
+        assert_ne!(SplitMix64::derive(1, 1).next_u64(), SplitMix64::derive(1, 2).next_u64());
+        assert_eq!(fnv1a(*b"a"), 0xaf63_dc4c_8601_ec8c);
     }
 
     #[test]

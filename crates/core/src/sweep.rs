@@ -10,12 +10,14 @@ use std::ops::Range;
 
 use serde::Serialize;
 
-use crate::policy::{confidence_score, LogprobWindow, PolicySpec};
+use crate::features::{FeatureState, RequestInfo};
+use crate::learned::SharedModel;
+use crate::policy::{confidence_score, learned_score, LogprobWindow, PolicySpec};
 use crate::replay::{Outcome, Summary, Tally, TraceFacts};
 use crate::trace::Trace;
 
 /// A rule family swept over its one threshold.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "family", rename_all = "snake_case")]
 pub enum Family {
     /// Threshold: the token budget.
@@ -26,6 +28,8 @@ pub enum Family {
     Confidence,
     /// Threshold: the window mean log-probability, for a fixed window.
     LogprobWindow { window: u32 },
+    /// Threshold: the trained stopper's probability. Each checkpoint is scored once per trace.
+    Learned { model: SharedModel },
 }
 
 impl Family {
@@ -43,11 +47,15 @@ impl Family {
             Family::Consistency { .. } => "consistency",
             Family::Confidence => "confidence",
             Family::LogprobWindow { .. } => "logprob_window",
+            Family::Learned { .. } => "learned",
         }
     }
 
     /// Parses a family name as given on the command line.
     pub fn parse(name: &str) -> Result<Family, String> {
+        if name == "learned" {
+            return Err("the `learned` family needs a model file: `stopwise train --test-fraction F` sweeps it beside the other families".into());
+        }
         Family::DEFAULTS.into_iter().find(|f| f.name() == name).ok_or_else(|| {
             format!("unknown rule family `{name}`; families are: budget, consistency, confidence, logprob_window")
         })
@@ -64,6 +72,7 @@ impl Family {
             Family::LogprobWindow { window } => {
                 PolicySpec::LogprobWindow { window, threshold: threshold as f32, min_tokens: 0 }
             }
+            Family::Learned { ref model } => PolicySpec::Learned { model: model.clone(), threshold: threshold as f32 },
         }
     }
 
@@ -82,6 +91,7 @@ impl Family {
                     f64::from(-(x as f32))
                 })
                 .collect(),
+            Family::Learned { .. } => probability_grid(n),
         };
         grid.dedup();
         grid
@@ -125,6 +135,10 @@ impl Family {
                 }
             }
             Family::Confidence => out.extend(trace.checkpoints.iter().map(|c| f64::from(confidence_score(c)))),
+            Family::Learned { ref model } => {
+                let mut features = FeatureState::new(RequestInfo::of(trace));
+                out.extend(trace.checkpoints.iter().map(|c| learned_score(model, &features.push(c), c)));
+            }
             Family::LogprobWindow { window } => {
                 let mut w = LogprobWindow::new(window);
                 out.extend(trace.checkpoints.iter().map(|c| {
@@ -138,6 +152,20 @@ impl Family {
             }
         }
     }
+}
+
+/// `n` probabilities (as `f32`, like a spec's threshold), evenly spaced in log-odds from -8 to 8:
+/// scores of a trained model pile up near 0 and 1, where a linear grid would be too coarse.
+pub fn probability_grid(n: usize) -> Vec<f64> {
+    let n = n.max(1);
+    let mut grid: Vec<f64> = (0..n)
+        .map(|k| {
+            let logit = -8.0 + 16.0 * k as f64 / (n.max(2) - 1) as f64;
+            f64::from(crate::learned::sigmoid(logit) as f32)
+        })
+        .collect();
+    grid.dedup();
+    grid
 }
 
 /// Accumulates a sweep of several families over traces fed one at a time.
@@ -211,7 +239,7 @@ impl Sweep {
                 running.merge(&fs.diff[k]);
                 let policy = fs.family.spec(threshold);
                 points.push(Point {
-                    family: fs.family,
+                    family: fs.family.clone(),
                     threshold,
                     label: policy.label(),
                     policy,

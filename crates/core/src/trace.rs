@@ -82,9 +82,13 @@ pub struct Final {
     pub answer: String,
     /// `stop` (end of generation) or `length` (hit the token limit).
     pub finish_reason: String,
-    /// The full reasoning text, when recorded.
+    /// The full reasoning text, when recorded (`stopwise run --keep-text`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text: Option<String>,
+    /// Byte offset into `text` at which each checkpoint's probe was taken, recorded with the text:
+    /// the reasoning the model had at a checkpoint is `text[..text_offsets[i]]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub text_offsets: Vec<u32>,
 }
 
 /// Why a trace line was rejected. The message names the field at fault.
@@ -181,6 +185,29 @@ impl Trace {
             }
             previous = c.tokens;
         }
+        if !self.final_.text_offsets.is_empty() {
+            let text = self.final_.text.as_deref().unwrap_or_default();
+            if self.final_.text_offsets.len() != self.checkpoints.len() {
+                return Err(invalid(
+                    "final.text_offsets",
+                    format!(
+                        "holds {} offsets for {} checkpoints",
+                        self.final_.text_offsets.len(),
+                        self.checkpoints.len()
+                    ),
+                ));
+            }
+            let mut previous = 0;
+            for (i, &offset) in self.final_.text_offsets.iter().enumerate() {
+                if offset < previous || !text.is_char_boundary(offset as usize) {
+                    return Err(invalid(
+                        &format!("final.text_offsets[{i}]"),
+                        format!("{offset} is not an ascending character boundary of `final.text`"),
+                    ));
+                }
+                previous = offset;
+            }
+        }
         Ok(())
     }
 
@@ -234,7 +261,13 @@ pub(crate) mod tests {
                     segment_entropy: 0.7,
                 },
             ],
-            final_: Final { tokens: 80, answer: "4".into(), finish_reason: "stop".into(), text: None },
+            final_: Final {
+                tokens: 80,
+                answer: "4".into(),
+                finish_reason: "stop".into(),
+                text: None,
+                text_offsets: Vec::new(),
+            },
         }
     }
 
@@ -280,6 +313,25 @@ pub(crate) mod tests {
         t.checkpoints[0].mean_prob = 1.5;
         let err = parse_line(&t.to_line()).unwrap_err().to_string();
         assert!(err.contains("checkpoints[0].mean_prob"), "{err}");
+    }
+
+    #[test]
+    fn text_offsets_must_point_into_the_text() {
+        let mut t = sample();
+        t.final_.text = Some("2+2 is… 4".into());
+        t.final_.text_offsets = vec![3, 9];
+        assert_eq!(parse_line(&t.to_line()), Ok(t.clone()));
+        t.final_.text_offsets = vec![3];
+        let err = parse_line(&t.to_line()).unwrap_err().to_string();
+        assert!(err.contains("final.text_offsets") && err.contains("1 offsets for 2 checkpoints"), "{err}");
+        t.final_.text_offsets = vec![3, 8];
+        let err = parse_line(&t.to_line()).unwrap_err().to_string();
+        assert!(err.contains("final.text_offsets[1]"), "{err}");
+        t.final_.text = None;
+        t.final_.text_offsets = vec![0, 0];
+        assert!(parse_line(&t.to_line()).is_ok(), "empty prefixes of a missing text are fine");
+        t.final_.text_offsets = vec![0, 1];
+        assert!(parse_line(&t.to_line()).is_err());
     }
 
     #[test]

@@ -1,9 +1,14 @@
 //! Properties of replay and sweeps on random traces: the sweep equals one replay per threshold,
 //! higher thresholds never stop earlier, replay equals the streaming state machine, and the
-//! token accounting stays in range.
+//! token accounting stays in range; the learned stopper's features never look ahead, and its
+//! online rule stops where the batch features say.
 
 use proptest::prelude::*;
 use stopwise_core::certify::{p_value, upper_bound, PValue};
+use stopwise_core::features::{
+    trace_features, FeatureState, RequestInfo, FEATURES, FEATURE_NAMES, FEATURE_SCHEMA_VERSION,
+};
+use stopwise_core::learned::{Dense, SharedModel, StopperModel, MODEL_FORMAT};
 use stopwise_core::policy::{Decision, PolicySpec};
 use stopwise_core::replay::{replay, Tally, TraceFacts};
 use stopwise_core::sweep::{Family, Sweep};
@@ -34,20 +39,46 @@ fn trace_strategy() -> impl Strategy<Value = Trace> {
                 id: "t".into(),
                 dataset: "synthetic".into(),
                 task: Task::Numeric,
-                question: None,
+                question: gold.then(|| "What is two plus two?".into()),
                 gold: if gold { vec!["4".into()] } else { vec![] },
                 model: "m".into(),
                 prompt_tokens: 10,
                 probe: ProbeSettings { suffix: "\nFinal answer: ".into(), max_tokens: 8, interval: 32 },
                 checkpoints,
-                final_: Final { tokens, answer: final_answer.into(), finish_reason: "stop".into(), text: None },
+                final_: Final {
+                    tokens,
+                    answer: final_answer.into(),
+                    finish_reason: "stop".into(),
+                    text: None,
+                    text_offsets: Vec::new(),
+                },
             }
         },
     )
 }
 
+/// A learned model with every weight non-zero, so that every feature moves its score.
+fn dense_model() -> SharedModel {
+    let weights: Vec<f32> = (0..FEATURES).map(|i| ((i as f32) * 1.7).sin()).collect();
+    SharedModel::new(StopperModel {
+        format: MODEL_FORMAT.into(),
+        schema_version: FEATURE_SCHEMA_VERSION,
+        features: FEATURE_NAMES.iter().map(|n| n.to_string()).collect(),
+        id: "dense".into(),
+        label: "agree".into(),
+        input_mean: vec![0.5; FEATURES],
+        input_scale: vec![2.0; FEATURES],
+        layers: vec![
+            Dense { inputs: FEATURES, outputs: 2, weights: [weights.clone(), weights].concat(), bias: vec![0.1, -0.1] },
+            Dense { inputs: 2, outputs: 1, weights: vec![1.5, -0.5], bias: vec![0.2] },
+        ],
+        training: serde_json::Value::Null,
+    })
+}
+
 fn family_strategy() -> impl Strategy<Value = Family> {
     prop::sample::select(vec![
+        Family::Learned { model: dense_model() },
         Family::Budget,
         Family::Consistency { hedge_filter: true },
         Family::Consistency { hedge_filter: false },
@@ -91,7 +122,7 @@ proptest! {
         let grid = family.grid(64, 32);
         let spec = PolicySpec::Hybrid { floor: 64, cap: 256, rule: Box::new(family.spec(grid[k % grid.len()])) };
         let facts = TraceFacts::of(&trace);
-        let mut rule = spec.start(trace.task);
+        let mut rule = spec.start_request(RequestInfo::of(&trace));
         let streamed = trace.checkpoints.iter().map(|c| rule.observe(c)).position(|d| d == Decision::Stop);
         prop_assert_eq!(replay(&spec, &trace, &facts).stop, streamed);
     }
@@ -138,4 +169,45 @@ proptest! {
         let bound = upper_bound(kind, n, losses, 0.05);
         prop_assert!(bound >= losses as f64 / n as f64 && bound <= 1.0);
     }
+
+    #[test]
+    fn features_online_equal_features_in_replay(trace in trace_strategy(), cut in 0usize..12) {
+        // Online, a request is cut off at some checkpoint and its final answer is unknown: the
+        // vectors computed so far must equal the replayed ones of the whole trace.
+        let batch = trace_features(&trace);
+        let mut online = FeatureState::new(RequestInfo::of(&trace));
+        let cut = cut.min(trace.checkpoints.len());
+        for (c, replayed) in trace.checkpoints[..cut].iter().zip(&batch) {
+            prop_assert_eq!(&online.push(c), replayed);
+        }
+        let mut truncated = trace.clone();
+        truncated.checkpoints.truncate(cut);
+        truncated.final_.answer = "something else".into();
+        prop_assert_eq!(&trace_features(&truncated)[..], &batch[..cut]);
+    }
+
+    #[test]
+    fn learned_rule_online_stops_where_batch_scores_say(trace in trace_strategy(), threshold in 0.0f32..=1.0) {
+        let model = dense_model();
+        let spec = PolicySpec::Learned { model: model.clone(), threshold };
+        let mut rule = spec.start_request(RequestInfo::of(&trace));
+        let online = trace.checkpoints.iter().position(|c| rule.observe(c) == Decision::Stop);
+        let batch = trace_features(&trace)
+            .iter()
+            .zip(&trace.checkpoints)
+            .position(|(x, c)| !c.answer.is_empty() && model.score(x) >= f64::from(threshold));
+        prop_assert_eq!(online, batch);
+    }
+}
+
+#[test]
+fn learned_spec_round_trips_and_refuses_a_mismatched_schema() {
+    let spec = PolicySpec::Learned { model: dense_model(), threshold: 0.75 };
+    let json = serde_json::to_string(&spec).unwrap();
+    assert_eq!(PolicySpec::parse(&json), Ok(spec.clone()));
+    assert_eq!(spec.label(), "learned(dense,0.75)");
+    let err = PolicySpec::parse(&json.replace("\"schema_version\":1", "\"schema_version\":2")).unwrap_err().to_string();
+    assert!(err.contains("feature schema v2") && err.contains("retrain"), "{err}");
+    let err = PolicySpec::parse(&json.replace("0.75", "1.5")).unwrap_err().to_string();
+    assert!(err.contains("threshold"), "{err}");
 }
