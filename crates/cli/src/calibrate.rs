@@ -43,13 +43,13 @@ pub fn candidates(rules: &[String]) -> Result<Vec<Candidates>> {
     rules
         .iter()
         .map(|rule| {
-            if let Ok(family) = Family::parse(rule) {
-                return Ok(Candidates::Family(family));
+            if rule.starts_with("learned") || Family::parse(rule).is_ok() {
+                return Ok(Candidates::Family(crate::learn::parse_family(rule)?));
             }
             match presets().into_iter().find(|(name, _, _)| name == rule) {
                 Some((name, policy, _)) => Ok(Candidates::Policy { name: name.to_owned(), policy }),
                 None => bail!(
-                    "--rule `{rule}` is neither a family (budget, consistency, confidence, logprob_window) nor a preset ({})",
+                    "--rule `{rule}` is neither a family (budget, consistency, confidence, logprob_window, learned:MODEL.json) nor a preset ({})",
                     presets().iter().map(|p| p.0).collect::<Vec<_>>().join(", ")
                 ),
             }
@@ -116,23 +116,28 @@ pub fn calibrate(args: &CalibrateArgs) -> Result<()> {
 fn nothing_certified(result: &Certification, groups: usize) -> String {
     let s = result.settings;
     let needed = result.items_needed(groups);
-    let mut message = format!(
-        "nothing could be certified at epsilon {} and delta {} ({} over {} groups) on {} risk items",
+    let at = format!(
+        "at epsilon {} and delta {} ({} over {} groups) on {} risk items",
         s.epsilon, s.delta, s.method, groups, result.n
     );
-    if result.n < needed {
-        let _ = write!(
-            message,
-            ": even a setting with no observed loss needs at least {needed} risk items{}; record more traces, \
-             raise --epsilon or --delta, or name fewer groups with --rule",
-            if s.risk == Risk::EmDrop { " (traces with gold)" } else { "" }
-        );
-    } else {
-        message.push_str(
-            ": the safest setting of every group already loses too often; raise --epsilon or try other rules",
+    if let Some(safe) = result.candidates.iter().find(|c| c.certified) {
+        return format!(
+            "no setting certified {at} saves tokens: {} and the others certified cost at least as many probe \
+             tokens as their stops save; keep full runs, or probe less often (a larger --probe-interval when recording)",
+            safe.label
         );
     }
-    message
+    if result.n < needed {
+        return format!(
+            "nothing could be certified {at}: even a setting with no observed loss needs at least {needed} risk \
+             items{}; record more traces, raise --epsilon or --delta, or name fewer groups with --rule",
+            if s.risk == Risk::EmDrop { " (traces with gold)" } else { "" }
+        );
+    }
+    format!(
+        "nothing could be certified {at}: the safest setting of every group already loses too often; raise \
+         --epsilon or try other rules"
+    )
 }
 
 fn candidate_table(result: &Certification) -> String {

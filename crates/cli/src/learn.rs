@@ -140,6 +140,15 @@ fn splice_models(value: &mut Value) -> Result<()> {
     }
 }
 
+/// A rule family named on the command line: a hand-rule family, or `learned:MODEL.json` (the
+/// learned stopper's scores swept over probability thresholds).
+pub fn parse_family(name: &str) -> Result<Family> {
+    match name.strip_prefix("learned:") {
+        Some(path) => Ok(Family::Learned { model: load_model(Path::new(path))? }),
+        None => Family::parse(name).map_err(anyhow::Error::msg),
+    }
+}
+
 /// Reads and checks a model file.
 pub fn load_model(path: &Path) -> Result<SharedModel> {
     let text =

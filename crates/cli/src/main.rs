@@ -177,7 +177,8 @@ enum Command {
     Sweep {
         #[arg(long)]
         traces: PathBuf,
-        /// Families: budget, consistency, confidence, logprob_window (default: all).
+        /// Families: budget, consistency, confidence, logprob_window, learned:MODEL.json (default:
+        /// every hand-rule family).
         #[arg(long = "rule")]
         rules: Vec<String>,
         #[arg(long, default_value_t = 32)]
@@ -216,8 +217,8 @@ struct CertifyOptions {
     /// LTT p-value: binomial (exact) or hoeffding-bentkus.
     #[arg(long, default_value = "binomial")]
     p_value: PValue,
-    /// Candidate groups: families (budget, consistency, confidence, logprob_window) or preset
-    /// names; repeatable (default: every family).
+    /// Candidate groups: families (budget, consistency, confidence, logprob_window,
+    /// learned:MODEL.json) or preset names; repeatable (default: every hand-rule family).
     #[arg(long = "rule")]
     rules: Vec<String>,
     /// Thresholds per family grid.
@@ -313,8 +314,7 @@ fn run(cli: Cli) -> Result<()> {
             print_rows(&rows, json)
         }
         Command::Sweep { traces, rules, thresholds, report, json } => {
-            let families =
-                rules.iter().map(|r| Family::parse(r).map_err(anyhow::Error::msg)).collect::<Result<Vec<_>>>()?;
+            let families = rules.iter().map(|r| learn::parse_family(r)).collect::<Result<Vec<_>>>()?;
             let families = if families.is_empty() { Family::DEFAULTS.to_vec() } else { families };
             let presets = calibrate::peers();
             let (sweep, rows) = evaluate(std::slice::from_ref(&traces), &families, thresholds, &presets)?;

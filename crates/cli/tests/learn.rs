@@ -154,3 +154,54 @@ fn export_sft_refuses_traces_without_reasoning_text() {
     assert!(err.contains("trace `t0` has no reasoning text") && err.contains("--keep-text"), "{err}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn a_trained_model_is_a_family_for_sweep_and_calibrate_and_its_certificate_replays() {
+    let dir = temp_dir("calibrate-learned");
+    let traces = dir.join("t.jsonl");
+    write_traces(&traces);
+    let (t, model, cert) = (traces.to_str().unwrap(), dir.join("m.json"), dir.join("cert.json"));
+    let (code, _, err) =
+        stopwise(&["train", "--traces", t, "--seed", "3", "--epochs", "40", "--out", model.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let family = format!("learned:{}", model.display());
+
+    let (code, out, err) = stopwise(&["sweep", "--traces", t, "--rule", &family, "--thresholds", "8"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("learned("), "{out}");
+
+    let (code, out, err) = stopwise(&[
+        "calibrate",
+        "--traces",
+        t,
+        "--rule",
+        &family,
+        "--rule",
+        "budget",
+        "--risk",
+        "disagreement",
+        "--epsilon",
+        "0.2",
+        "--json",
+        "--out",
+        cert.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let certificate: Value = serde_json::from_str(&out).unwrap();
+    let candidates = certificate["candidates"].as_array().unwrap();
+    assert!(candidates.iter().any(|c| c["label"].as_str().unwrap().starts_with("learned(")), "{out}");
+    assert!(certificate["upper_bound"].as_f64().unwrap() <= 0.2);
+    let (code, out, err) = stopwise(&["replay", "--traces", t, "--rule", cert.to_str().unwrap(), "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let rows: Value = serde_json::from_str(&out).unwrap();
+    let saved = rows[0]["summary"]["token_reduction"].as_f64().unwrap();
+    assert!((saved - certificate["token_reduction"].as_f64().unwrap()).abs() < 1e-9, "{saved} vs {out}");
+
+    let (code, _, err) = stopwise(&["calibrate", "--traces", t, "--rule", "learned", "--epsilon", "0.2"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("learned:stopper.json"), "{err}");
+    let (code, _, err) = stopwise(&["sweep", "--traces", t, "--rule", "learned:/nonexistent/m.json"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("/nonexistent/m.json"), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -18,6 +18,9 @@
 //! - **naive**: the most aggressive setting whose empirical risk is ≤ ε. No guarantee; it exists
 //!   to show (in tests and in `validate`) what the guarantee buys.
 //!
+//! Only a certified setting that saves tokens (probe tokens counted) is chosen: one that costs
+//! more in probes than it saves in stops is never better than running in full, however safe.
+//!
 //! Losses are per item and binary: `em-drop` counts an item whose full answer was correct and whose
 //! stopped answer is not (its mean bounds the EM drop from above, as items that a stop made
 //! correct are not credited); `disagreement` counts an item whose stopped answer differs from the
@@ -390,7 +393,8 @@ pub struct Certification {
     /// Candidates that were tested, in testing order (a fixed sequence stops at its first
     /// failure; the rest of the group is not listed).
     pub candidates: Vec<CandidateReport>,
-    /// Index into `candidates` of the certified setting that saves the most tokens.
+    /// Index into `candidates` of the certified setting that saves the most tokens, if one
+    /// saves any.
     pub chosen: Option<usize>,
     /// Column of the chosen setting in the table.
     pub chosen_column: Option<usize>,
@@ -486,7 +490,7 @@ pub fn certify(table: &OutcomeTable, items: &[usize], settings: &Settings) -> Re
     let chosen = candidates
         .iter()
         .enumerate()
-        .filter(|(_, c)| c.certified)
+        .filter(|(_, c)| c.certified && c.token_reduction > 0.0)
         .fold(None, |best: Option<(usize, f64)>, (i, c)| match best {
             Some((_, r)) if r >= c.token_reduction => best,
             _ => Some((i, c.token_reduction)),
@@ -673,7 +677,8 @@ pub fn validate(
         covered += u64::from(test_risk <= settings.epsilon);
         certified += u64::from(column.is_some());
         reduction += column.map_or(0.0, |c| table.token_reduction(c, test));
-        let label = column.map_or("never (nothing certified)".to_owned(), |c| table.columns[c].label.clone());
+        let label =
+            column.map_or("never (no certified setting saves tokens)".to_owned(), |c| table.columns[c].label.clone());
         match chosen_counts.iter_mut().find(|(l, _)| *l == label) {
             Some((_, count)) => *count += 1,
             None => chosen_counts.push((label, 1)),
@@ -839,6 +844,20 @@ mod tests {
         let p: Vec<f64> = result.candidates.iter().map(|c| c.p_value.unwrap()).collect();
         assert!(p.windows(2).all(|w| w[0] <= w[1]), "p-values rise with risk here: {p:?}");
         assert!(result.candidates[chosen].bound <= 0.1 + 1e-9, "a certified setting's upper bound is within epsilon");
+    }
+
+    #[test]
+    fn a_certified_setting_that_costs_more_than_it_saves_is_never_chosen() {
+        let (mut table, _) = synthetic(2000, 11, 0.2, &mut SplitMix64::new(5));
+        let items: Vec<usize> = (0..2000).collect();
+        let s = settings(0.1, 0.05, Method::Ltt);
+        assert!(certify(&table, &items, &s).unwrap().chosen.is_some());
+        // Probes make every setting cost as much as the full run (c10) or more (the others).
+        table.full_cost = vec![1; 2000];
+        let result = certify(&table, &items, &s).unwrap();
+        assert!(result.candidates.iter().any(|c| c.certified));
+        assert!(result.candidates.iter().all(|c| c.token_reduction <= 0.0));
+        assert_eq!(result.chosen, None);
     }
 
     #[test]

@@ -54,10 +54,10 @@ impl Family {
     /// Parses a family name as given on the command line.
     pub fn parse(name: &str) -> Result<Family, String> {
         if name == "learned" {
-            return Err("the `learned` family needs a model file: `stopwise train --test-fraction F` sweeps it beside the other families".into());
+            return Err("the `learned` family needs its model file: name it `learned:stopper.json`".into());
         }
         Family::DEFAULTS.into_iter().find(|f| f.name() == name).ok_or_else(|| {
-            format!("unknown rule family `{name}`; families are: budget, consistency, confidence, logprob_window")
+            format!("unknown rule family `{name}`; families are: budget, consistency, confidence, logprob_window, learned:MODEL.json")
         })
     }
 
