@@ -156,19 +156,6 @@ impl PolicySpec {
         }
     }
 
-    /// True when the rule needs a probe at every checkpoint. A pure budget needs only the one
-    /// probe that reads the answer at the stop point.
-    pub fn probes_every_checkpoint(&self) -> bool {
-        match self {
-            PolicySpec::Budget { .. } | PolicySpec::Never => false,
-            PolicySpec::Hybrid { rule, .. } => rule.probes_every_checkpoint(),
-            PolicySpec::Any { rules } | PolicySpec::All { rules } => {
-                rules.iter().any(PolicySpec::probes_every_checkpoint)
-            }
-            _ => true,
-        }
-    }
-
     /// A short human label, e.g. `consistency(window=2)`.
     pub fn label(&self) -> String {
         match self {
@@ -223,6 +210,7 @@ impl PolicySpec {
                 window: LogprobWindow::new(*window),
                 threshold: *threshold,
                 min_tokens: *min_tokens,
+                ready: false,
             },
             PolicySpec::Learned { model, threshold } => State::Learned {
                 features: Box::new(FeatureState::new(request)),
@@ -284,7 +272,7 @@ enum State {
     Budget { max_tokens: u32 },
     Consistency { window: u32, min_tokens: u32, hedge_filter: bool, last: Option<String>, run: u32 },
     Confidence { threshold: f32, min_tokens: u32 },
-    LogprobWindow { window: LogprobWindow, threshold: f32, min_tokens: u32 },
+    LogprobWindow { window: LogprobWindow, threshold: f32, min_tokens: u32, ready: bool },
     Learned { features: Box<FeatureState>, model: SharedModel, threshold: f32 },
     Hybrid { floor: u32, cap: u32, inner: Box<Rule> },
     Any(Vec<Rule>),
@@ -293,8 +281,46 @@ enum State {
 }
 
 impl Rule {
-    /// Feeds the next checkpoint (in order) and says whether to stop there.
+    /// Feeds the next checkpoint (in order, probe fields filled) and says whether to stop there:
+    /// [`Self::needs_probe`] then [`Self::decide`], as replay runs it.
     pub fn observe(&mut self, checkpoint: &Checkpoint) -> Decision {
+        self.needs_probe(checkpoint);
+        self.decide(checkpoint)
+    }
+
+    /// Step one at a checkpoint, before any probe: feeds what generation alone tells (tokens so
+    /// far, the segment's log-probs) and says whether the probe's answer can matter here. A
+    /// budget needs it only at its limit, a log-prob rule only once its window is confident
+    /// enough, a consistency or learned rule at every checkpoint (the run of answers is its
+    /// signal), a confidence rule from its `min_tokens` on. Online, probe only when this is true;
+    /// [`Self::decide`] never stops at a checkpoint where it was false.
+    pub fn needs_probe(&mut self, checkpoint: &Checkpoint) -> bool {
+        match &mut self.state {
+            State::Budget { max_tokens } => checkpoint.tokens >= *max_tokens,
+            State::Consistency { .. } | State::Learned { .. } => true,
+            State::Confidence { min_tokens, .. } => checkpoint.tokens >= *min_tokens,
+            State::LogprobWindow { window, threshold, min_tokens, ready } => {
+                let mean = window.push(checkpoint);
+                *ready = checkpoint.tokens >= *min_tokens && mean >= f64::from(*threshold);
+                *ready
+            }
+            State::Hybrid { floor, cap, inner } => {
+                // Below the floor only a rule that learns from earlier answers needs them.
+                let learns_from_history = inner.learns_from_answer_history();
+                let inner_needs = inner.needs_probe(checkpoint);
+                checkpoint.tokens >= *cap || (inner_needs && (learns_from_history || checkpoint.tokens >= *floor))
+            }
+            // Every member sees every checkpoint, so each one's state stays current.
+            State::Any(rules) | State::All(rules) => {
+                rules.iter_mut().fold(false, |needs, r| r.needs_probe(checkpoint) | needs)
+            }
+            State::Never => false,
+        }
+    }
+
+    /// Step two: decides with the probed checkpoint, after [`Self::needs_probe`] on the same one.
+    /// Where no probe was needed the probe fields may be empty; the decision is then `Continue`.
+    pub fn decide(&mut self, checkpoint: &Checkpoint) -> Decision {
         let stop = match &mut self.state {
             State::Budget { max_tokens } => checkpoint.tokens >= *max_tokens,
             State::Consistency { window, min_tokens, hedge_filter, last, run } => {
@@ -306,27 +332,34 @@ impl Rule {
             State::Confidence { threshold, min_tokens } => {
                 checkpoint.tokens >= *min_tokens && confidence_score(checkpoint) >= *threshold
             }
-            State::LogprobWindow { window, threshold, min_tokens } => {
-                let mean = window.push(checkpoint);
-                checkpoint.tokens >= *min_tokens && !checkpoint.answer.is_empty() && mean >= f64::from(*threshold)
-            }
+            State::LogprobWindow { ready, .. } => *ready && !checkpoint.answer.is_empty(),
             State::Learned { features, model, threshold } => {
                 learned_score(model, &features.push(checkpoint), checkpoint) >= f64::from(*threshold)
             }
             State::Hybrid { floor, cap, inner } => {
                 // The inner rule sees every checkpoint, so its state (e.g. a run of equal answers)
                 // is built up before the floor is reached.
-                let inner_stops = inner.observe(checkpoint) == Decision::Stop;
+                let inner_stops = inner.decide(checkpoint) == Decision::Stop;
                 checkpoint.tokens >= *cap || (checkpoint.tokens >= *floor && inner_stops)
             }
-            State::Any(rules) => rules.iter_mut().fold(false, |any, r| (r.observe(checkpoint) == Decision::Stop) | any),
-            State::All(rules) => rules.iter_mut().fold(true, |all, r| (r.observe(checkpoint) == Decision::Stop) & all),
+            State::Any(rules) => rules.iter_mut().fold(false, |any, r| (r.decide(checkpoint) == Decision::Stop) | any),
+            State::All(rules) => rules.iter_mut().fold(true, |all, r| (r.decide(checkpoint) == Decision::Stop) & all),
             State::Never => false,
         };
         if stop {
             Decision::Stop
         } else {
             Decision::Continue
+        }
+    }
+
+    /// Whether the rule's decision depends on answers probed at earlier checkpoints.
+    fn learns_from_answer_history(&self) -> bool {
+        match &self.state {
+            State::Consistency { .. } | State::Learned { .. } => true,
+            State::Hybrid { inner, .. } => inner.learns_from_answer_history(),
+            State::Any(rules) | State::All(rules) => rules.iter().any(Rule::learns_from_answer_history),
+            State::Budget { .. } | State::Confidence { .. } | State::LogprobWindow { .. } | State::Never => false,
         }
     }
 }

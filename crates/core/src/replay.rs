@@ -84,21 +84,26 @@ impl TraceFacts {
         }
     }
 
-    /// The outcome of stopping at checkpoint `stop` (or never). A rule that probes at every
-    /// checkpoint pays for every probe up to its stop; a budget pays only the answering probe.
-    pub fn outcome(&self, stop: Option<usize>, probes_every_checkpoint: bool) -> Outcome {
+    /// The outcome of stopping at checkpoint `stop` (or never), paying for the probes `charge`
+    /// names.
+    pub fn outcome(&self, stop: Option<usize>, charge: ProbeCharge) -> Outcome {
+        let probe_tokens = match (charge, stop) {
+            (ProbeCharge::StopOnly, None) => 0,
+            (ProbeCharge::StopOnly, Some(i)) => u64::from(self.checkpoints[i].probe_tokens),
+            (ProbeCharge::Every, None) => self.all_probe_tokens,
+            (ProbeCharge::Every, Some(i)) => self.checkpoints[i].probe_tokens_through,
+        };
+        self.outcome_paying(stop, probe_tokens)
+    }
+
+    /// The outcome of stopping at checkpoint `stop` (or never) after `probe_tokens` of probes.
+    pub fn outcome_paying(&self, stop: Option<usize>, probe_tokens: u64) -> Outcome {
         match stop {
-            None => Outcome {
-                stop,
-                generated: u64::from(self.full_tokens),
-                probe_tokens: if probes_every_checkpoint { self.all_probe_tokens } else { 0 },
-                em: self.full_em,
-                agree: true,
-            },
+            None => {
+                Outcome { stop, generated: u64::from(self.full_tokens), probe_tokens, em: self.full_em, agree: true }
+            }
             Some(i) => {
                 let c = self.checkpoints[i];
-                let probe_tokens =
-                    if probes_every_checkpoint { c.probe_tokens_through } else { u64::from(c.probe_tokens) };
                 Outcome { stop, generated: u64::from(c.tokens), probe_tokens, em: c.em, agree: c.agree }
             }
         }
@@ -126,11 +131,31 @@ pub struct Outcome {
     pub agree: bool,
 }
 
-/// Replays a rule on one trace with the same state machine that runs online.
+/// Which probes a rule pays for, up to and including its stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProbeCharge {
+    /// Only the probe that reads the answer where it stops (a budget).
+    StopOnly,
+    /// A probe at every checkpoint (a rule whose signal is the probed answers).
+    Every,
+}
+
+/// Replays a rule on one trace with the same state machine that runs online, paying for the
+/// probes it asks for ([`crate::policy::Rule::needs_probe`]).
 pub fn replay(spec: &PolicySpec, trace: &Trace, facts: &TraceFacts) -> Outcome {
     let mut rule = spec.start_request(RequestInfo::of(trace));
-    let stop = trace.checkpoints.iter().position(|c| rule.observe(c) == Decision::Stop);
-    facts.outcome(stop, spec.probes_every_checkpoint())
+    let mut probe_tokens = 0;
+    let mut stop = None;
+    for (i, c) in trace.checkpoints.iter().enumerate() {
+        if rule.needs_probe(c) {
+            probe_tokens += u64::from(facts.checkpoints[i].probe_tokens);
+        }
+        if rule.decide(c) == Decision::Stop {
+            stop = Some(i);
+            break;
+        }
+    }
+    facts.outcome_paying(stop, probe_tokens)
 }
 
 /// Sums of outcomes over a set of traces. Signed so that sweeps can use difference arrays.
@@ -248,13 +273,13 @@ mod tests {
     fn outcome_counts_probes_by_rule_kind() {
         let f = TraceFacts::of(&sample());
         assert_eq!(
-            f.outcome(Some(1), true),
+            f.outcome(Some(1), ProbeCharge::Every),
             Outcome { stop: Some(1), generated: 64, probe_tokens: 4, em: true, agree: true }
         );
-        assert_eq!(f.outcome(Some(1), false).probe_tokens, 2);
-        assert_eq!(f.outcome(None, true).probe_tokens, 4);
+        assert_eq!(f.outcome(Some(1), ProbeCharge::StopOnly).probe_tokens, 2);
+        assert_eq!(f.outcome(None, ProbeCharge::Every).probe_tokens, 4);
         assert_eq!(
-            f.outcome(None, false),
+            f.outcome(None, ProbeCharge::StopOnly),
             Outcome { stop: None, generated: 80, probe_tokens: 0, em: true, agree: true }
         );
     }

@@ -13,7 +13,7 @@ use serde::Serialize;
 use crate::features::{FeatureState, RequestInfo};
 use crate::learned::SharedModel;
 use crate::policy::{confidence_score, learned_score, LogprobWindow, PolicySpec};
-use crate::replay::{Outcome, Summary, Tally, TraceFacts};
+use crate::replay::{Outcome, ProbeCharge, Summary, Tally, TraceFacts};
 use crate::trace::Trace;
 
 /// A rule family swept over its one threshold.
@@ -97,8 +97,40 @@ impl Family {
         grid
     }
 
-    pub fn probes_every_checkpoint(&self) -> bool {
-        !matches!(self, Family::Budget)
+    /// The probes the family's rule pays for up to its stop (see `Rule::needs_probe`); a log-prob
+    /// window also pays for [`Self::for_each_extra_probe`].
+    fn charge(&self) -> ProbeCharge {
+        match self {
+            Family::Budget | Family::LogprobWindow { .. } => ProbeCharge::StopOnly,
+            Family::Consistency { .. } | Family::Confidence | Family::Learned { .. } => ProbeCharge::Every,
+        }
+    }
+
+    /// Calls `each(range, tokens)` for probe tokens paid, beyond [`Self::charge`], by the
+    /// thresholds in `range`. A log-prob window rule probes wherever its window is confident
+    /// enough and goes on when the answer comes back empty: threshold `t` pays for checkpoint
+    /// `j` when `mean_j >= t` and no earlier checkpoint's score reached `t`.
+    fn for_each_extra_probe(
+        &self,
+        trace: &Trace,
+        facts: &TraceFacts,
+        scores: &[f64],
+        thresholds: &[f64],
+        mut each: impl FnMut(Range<usize>, u64),
+    ) {
+        let Family::LogprobWindow { window } = *self else { return };
+        let mut w = LogprobWindow::new(window);
+        let mut best = f64::NEG_INFINITY;
+        for ((c, fact), &score) in trace.checkpoints.iter().zip(&facts.checkpoints).zip(scores) {
+            let mean = w.push(c);
+            if c.answer.is_empty() && mean > best {
+                let paying = thresholds.partition_point(|&t| t <= best)..thresholds.partition_point(|&t| t <= mean);
+                if !paying.is_empty() {
+                    each(paying, u64::from(fact.probe_tokens));
+                }
+            }
+            best = best.max(score);
+        }
     }
 
     /// The outcome on one trace of every one of the (ascending) `thresholds`, in one pass.
@@ -106,9 +138,12 @@ impl Family {
         let mut scores = Vec::new();
         self.scores(trace, facts, &mut scores);
         let mut out = Vec::with_capacity(thresholds.len());
-        let every = self.probes_every_checkpoint();
+        let charge = self.charge();
         for_each_stop(&scores, thresholds, |range, stop| {
-            out.extend(std::iter::repeat_n(facts.outcome(stop, every), range.len()));
+            out.extend(std::iter::repeat_n(facts.outcome(stop, charge), range.len()));
+        });
+        self.for_each_extra_probe(trace, facts, &scores, thresholds, |range, tokens| {
+            out[range].iter_mut().for_each(|o| o.probe_tokens += tokens);
         });
         out
     }
@@ -221,12 +256,16 @@ impl Sweep {
         self.oracle.add(facts, &oracle_outcome(facts));
         for fs in &mut self.families {
             fs.family.scores(trace, facts, &mut self.scores);
-            let every = fs.family.probes_every_checkpoint();
+            let charge = fs.family.charge();
             let diff = &mut fs.diff;
             for_each_stop(&self.scores, &fs.thresholds, |range, stop| {
-                let outcome = facts.outcome(stop, every);
+                let outcome = facts.outcome(stop, charge);
                 diff[range.start].add_scaled(facts, &outcome, 1);
                 diff[range.end].add_scaled(facts, &outcome, -1);
+            });
+            fs.family.for_each_extra_probe(trace, facts, &self.scores, &fs.thresholds, |range, tokens| {
+                diff[range.start].probe_tokens += tokens as i64;
+                diff[range.end].probe_tokens -= tokens as i64;
             });
         }
     }
@@ -276,7 +315,7 @@ fn for_each_stop(scores: &[f64], thresholds: &[f64], mut each: impl FnMut(Range<
 
 /// The oracle's outcome on one trace: it stops where the answer has settled and pays one probe.
 pub fn oracle_outcome(facts: &TraceFacts) -> Outcome {
-    facts.outcome(facts.oracle_stop(), false)
+    facts.outcome(facts.oracle_stop(), ProbeCharge::StopOnly)
 }
 
 /// Indices of the points on the Pareto frontier of (token reduction ↑, quality ↑), where quality
@@ -353,7 +392,7 @@ mod tests {
         let base = {
             let t = sample();
             let mut tally = Tally::default();
-            tally.add(&TraceFacts::of(&t), &TraceFacts::of(&t).outcome(None, false));
+            tally.add(&TraceFacts::of(&t), &TraceFacts::of(&t).outcome(None, ProbeCharge::StopOnly));
             tally.summary()
         };
         let point = |reduction: f64, em: f64| Summary { token_reduction: reduction, em_stopped: em, ..base };

@@ -88,7 +88,58 @@ fn family_strategy() -> impl Strategy<Value = Family> {
     ])
 }
 
+/// Any rule: a family's setting, alone, inside a hybrid, or combined with a second one.
+fn spec_strategy() -> impl Strategy<Value = PolicySpec> {
+    let setting = || {
+        (family_strategy(), 0usize..16).prop_map(|(family, k)| {
+            let grid = family.grid(16, 32);
+            family.spec(grid[k % grid.len()])
+        })
+    };
+    (setting(), setting(), 0u8..4, 0u32..300, 0u32..400).prop_map(|(a, b, shape, floor, cap)| match shape {
+        0 => a,
+        1 => PolicySpec::Hybrid { floor, cap: floor + cap, rule: Box::new(a) },
+        2 => PolicySpec::Any { rules: vec![a, b] },
+        _ => PolicySpec::All { rules: vec![a, b] },
+    })
+}
+
+/// The checkpoint as an online request sees it before probing: generation only.
+fn unprobed(c: &Checkpoint) -> Checkpoint {
+    Checkpoint {
+        answer: String::new(),
+        probe_text: String::new(),
+        answer_tokens: 0,
+        mean_prob: 0.0,
+        min_prob: 0.0,
+        ..c.clone()
+    }
+}
+
 proptest! {
+    #[test]
+    fn probing_only_where_the_rule_asks_changes_no_decision(trace in trace_strategy(), spec in spec_strategy()) {
+        // Online, a request probes only where `needs_probe` says so: its decisions must equal
+        // replay's, which sees every probe, and replay pays for exactly those probes.
+        let facts = TraceFacts::of(&trace);
+        let mut online = spec.start_request(RequestInfo::of(&trace));
+        let mut paid = 0u64;
+        let mut stop = None;
+        for (i, c) in trace.checkpoints.iter().enumerate() {
+            let needs = online.needs_probe(c);
+            let seen = if needs { c.clone() } else { unprobed(c) };
+            paid += if needs { u64::from(c.answer_tokens) } else { 0 };
+            if online.decide(&seen) == Decision::Stop {
+                stop = Some(i);
+                break;
+            }
+        }
+        let replayed = replay(&spec, &trace, &facts);
+        prop_assert_eq!(replayed.stop, stop, "{}", spec.label());
+        prop_assert_eq!(replayed.probe_tokens, paid);
+        prop_assert!(paid <= facts.all_probe_tokens);
+    }
+
     #[test]
     fn sweep_equals_replay_at_every_threshold(traces in prop::collection::vec(trace_strategy(), 1..8), family in family_strategy(), n in 1usize..40) {
         let grid = family.grid(n, 32);

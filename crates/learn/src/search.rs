@@ -8,7 +8,7 @@
 use std::str::FromStr;
 
 use serde::Serialize;
-use stopwise_core::replay::{Summary, Tally};
+use stopwise_core::replay::{ProbeCharge, Summary, Tally};
 use stopwise_core::sweep::probability_grid;
 
 use crate::data::TraceRows;
@@ -54,7 +54,7 @@ impl FromStr for Metric {
 pub fn add_curve(rows: &TraceRows, scores: &[f64], thresholds: &[f64], tallies: &mut [Tally]) {
     for (t, tally) in thresholds.iter().zip(tallies.iter_mut()) {
         let stop = scores.iter().position(|s| s >= t);
-        tally.add(&rows.facts, &rows.facts.outcome(stop, true));
+        tally.add(&rows.facts, &rows.facts.outcome(stop, ProbeCharge::Every));
     }
 }
 
@@ -180,7 +180,7 @@ pub fn cross_validate(
             let model = train(&training, config)?.model;
             for (r, _) in rows.iter().zip(&fold).filter(|(_, &g)| g == f) {
                 add_curve(r, &scores(&model, r), &thresholds, &mut tallies);
-                never.add(&r.facts, &r.facts.outcome(None, true));
+                never.add(&r.facts, &r.facts.outcome(None, ProbeCharge::Every));
             }
         }
         let summaries: Vec<Summary> = tallies.iter().map(Tally::summary).collect();
