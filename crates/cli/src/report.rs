@@ -151,15 +151,23 @@ fn pareto_svg(rows: &[Row], oracle: &Summary) -> Result<String> {
                 .label(*family)
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2)));
         }
-        // Labels are staggered vertically: presets often sit on top of each other.
-        let mut placed = 0;
+        // Presets often sit on top of each other: each label goes up to the first row where it
+        // overlaps no label placed before (boxes in pixels, text about 6.5 px per character).
+        let mut boxes: Vec<(i32, i32, i32)> = Vec::new();
         let mut labelled =
             |chart: &mut ChartContext<'_, SVGBackend<'_>, _>, at: (f64, f64), text: &str, style: ShapeStyle| {
-                placed += 1;
+                let (px, py) = chart.backend_coord(&at);
+                let width = (text.chars().count() as f64 * 6.5) as i32;
+                let free = |dy: i32| {
+                    let (left, top) = (px + 6, py + dy);
+                    boxes.iter().all(|&(l, t, w)| left + width <= l || l + w <= left || top + 13 <= t || t + 13 <= top)
+                };
+                let dy = (0..12).map(|level| -12 - 13 * level).find(|&dy| free(dy)).unwrap_or(-12);
+                boxes.push((px + 6, py + dy, width));
                 chart
                     .draw_series([EmptyElement::at(at)
                         + TriangleMarker::new((0, 0), 6, style)
-                        + Text::new(text.to_owned(), (6, -12 - 13 * (placed % 4)), ("sans-serif", 12))])
+                        + Text::new(text.to_owned(), (6, dy), ("sans-serif", 12))])
                     .map(|_| ())
                     .map_err(plot_error)
             };
