@@ -394,6 +394,7 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 fn serve(settings: &stopwise_serve::Settings) -> Result<()> {
+    tracing_subscriber::fmt().with_max_level(tracing::Level::INFO).with_writer(std::io::stderr).init();
     // The model is loaded before the runtime starts, so no async worker ever waits on it.
     let engine = stopwise_serve::load_engine(settings).map_err(anyhow::Error::msg)?;
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;

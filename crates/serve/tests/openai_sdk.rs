@@ -14,20 +14,6 @@ use common::*;
 use serde_json::Value;
 use stopwise_engine::Engine;
 
-/// Whether `python3` can import `module`; panics when it cannot and skipping was not asked for.
-pub fn python_has(module: &str) -> bool {
-    let ok = Command::new("python3").args(["-c", &format!("import {module}")]).status().is_ok_and(|s| s.success());
-    if !ok {
-        assert!(
-            std::env::var_os("STOPWISE_SKIP_PYTHON_TESTS").is_some(),
-            "python3 cannot import `{module}`; run `pip install openai 'llama-cpp-python[server]==0.3.36'` \
-             (see .ci/run) or set STOPWISE_SKIP_PYTHON_TESTS=1 to skip"
-        );
-        eprintln!("\n!!! SKIPPED: python3 cannot import `{module}` and STOPWISE_SKIP_PYTHON_TESTS is set !!!\n");
-    }
-    ok
-}
-
 #[test]
 fn the_openai_sdk_streams_a_stopped_answer_and_raises_on_errors() {
     if !python_has("openai") {

@@ -5,6 +5,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::Arc;
 
 use serde_json::Value;
@@ -101,4 +102,18 @@ pub async fn stream(base: &str, body: &Value) -> Streamed {
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["content-type"], "text/event-stream");
     Streamed::parse(&response.text().await.unwrap())
+}
+
+/// Whether `python3` can import `module`; panics when it cannot and skipping was not asked for.
+pub fn python_has(module: &str) -> bool {
+    let ok = Command::new("python3").args(["-c", &format!("import {module}")]).status().is_ok_and(|s| s.success());
+    if !ok {
+        assert!(
+            std::env::var_os("STOPWISE_SKIP_PYTHON_TESTS").is_some(),
+            "python3 cannot import `{module}`; run `pip install openai 'llama-cpp-python[server]==0.3.36'` \
+             (see .ci/run) or set STOPWISE_SKIP_PYTHON_TESTS=1 to skip"
+        );
+        eprintln!("\n!!! SKIPPED: python3 cannot import `{module}` and STOPWISE_SKIP_PYTHON_TESTS is set !!!\n");
+    }
+    ok
 }
