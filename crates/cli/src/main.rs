@@ -242,6 +242,32 @@ impl CertifyOptions {
 
 #[derive(Subcommand)]
 enum BenchAction {
+    /// Proxy cost and savings: time to first token and total time via `stopwise serve` (stopping
+    /// off and on) against calling the same upstream directly, as ratios; upstream tokens decoded
+    /// per token delivered.
+    #[command(
+        after_help = "Example (llama-cpp-python on :8000 and a probe instance on :8001, stopwise serve on :8080):\n  stopwise bench serve --direct http://127.0.0.1:8000/v1 --proxy http://127.0.0.1:8080/v1 --model smol"
+    )]
+    Serve {
+        #[arg(long)]
+        direct: String,
+        #[arg(long)]
+        proxy: String,
+        #[arg(long)]
+        model: String,
+        #[arg(long, default_value_t = 20)]
+        rounds: usize,
+        #[arg(long, default_value_t = 256)]
+        max_tokens: u32,
+        #[arg(
+            long,
+            default_value = "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. How many clips did Natalia sell altogether in April and May? Explain step by step."
+        )]
+        question: String,
+        /// Policy of the stopping-on requests.
+        #[arg(long, default_value = "dynasor-cot")]
+        policy: String,
+    },
     /// Sweep speed vs a plain parse and vs a numpy baseline, on synthetic traces.
     Sweep {
         #[arg(long, default_value_t = 100_000)]
@@ -379,6 +405,14 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Bench { action: BenchAction::Sweep { traces, checkpoints, thresholds, seed } } => {
             bench::sweep(traces, checkpoints, thresholds, seed)
+        }
+        Command::Bench {
+            action: BenchAction::Serve { direct, proxy, model, rounds, max_tokens, question, policy },
+        } => {
+            let args = stopwise_serve::bench::BenchArgs { direct, proxy, model, rounds, max_tokens, question, policy };
+            let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+            print!("{}", runtime.block_on(stopwise_serve::bench::run(&args)).map_err(anyhow::Error::msg)?);
+            Ok(())
         }
         Command::Demo { limit, out_dir, model, json } => demo(limit, &out_dir, model.as_deref(), json),
         Command::Serve { config, listen, upstream, model_name, policy } => {

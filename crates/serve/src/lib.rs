@@ -11,6 +11,7 @@
 //! failures fail open; upstream failures become OpenAI-style error objects.
 
 pub mod app;
+pub mod bench;
 pub mod config;
 pub mod embedded;
 pub mod error;

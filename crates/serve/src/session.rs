@@ -144,7 +144,9 @@ pub async fn run(
             Event::Piece(Some(Piece::Finished { finish_reason })) => {
                 vec![Frame::Data(state.final_chunk(finish_reason, None).to_string()), Frame::Done]
             }
-            Event::Piece(Some(Piece::Done)) => vec![Frame::Done],
+            Event::Piece(Some(Piece::Done)) => {
+                state.extension_chunk().map(|c| Frame::Data(c.to_string())).into_iter().chain([Frame::Done]).collect()
+            }
             Event::Piece(Some(Piece::Failed(e))) => vec![Frame::Error(e)],
             Event::Piece(None) => vec![Frame::Error(ApiError::upstream("the upstream ended without finishing"))],
         };
@@ -274,18 +276,35 @@ impl State {
         let prompt = self.prompt_tokens.unwrap_or(0);
         chunk["usage"] =
             json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion});
-        if let Some((plan, _)) = &self.plan {
-            chunk["stopwise"] = json!({
-                "stopped": stop.is_some(),
-                "stop_reason": stop.as_ref().map(|_| plan.policy.label()),
-                "checkpoint_tokens": stop.as_ref().map(|s| s.checkpoint_tokens),
-                "probes": self.probes,
-                "probe_prompt_tokens": self.probe_prompt_tokens,
-                "probe_completion_tokens": self.probe_completion_tokens,
-                "policy": plan.policy,
-            });
+        if let Some(extension) = self.extension(stop.as_ref()) {
+            chunk["stopwise"] = extension;
         }
         chunk
+    }
+}
+
+impl State {
+    /// What stopping did and cost; `None` when stopping was off.
+    fn extension(&self, stop: Option<&StopInfo>) -> Option<Value> {
+        let (plan, _) = self.plan.as_ref()?;
+        Some(json!({
+            "stopped": stop.is_some(),
+            "stop_reason": stop.map(|_| plan.policy.label()),
+            "checkpoint_tokens": stop.map(|s| s.checkpoint_tokens),
+            "probes": self.probes,
+            "probe_prompt_tokens": self.probe_prompt_tokens,
+            "probe_completion_tokens": self.probe_completion_tokens,
+            "policy": plan.policy,
+        }))
+    }
+
+    /// After an HTTP upstream's own last chunk, when stopping was on but did not stop: a chunk
+    /// with no choices (as OpenAI's usage chunk) that reports what the probes cost.
+    fn extension_chunk(&self) -> Option<Value> {
+        let mut chunk = self.chunk(json!({}), Value::Null);
+        chunk["choices"] = json!([]);
+        chunk["stopwise"] = self.extension(None)?;
+        Some(chunk)
     }
 }
 
