@@ -356,6 +356,15 @@ policy = "deer"
     }
 
     #[test]
+    fn the_example_config_is_valid() {
+        let config = Config::parse(include_str!("../../../stopwise.example.toml")).unwrap();
+        let settings = config.resolve(&Overrides::default(), no_env).unwrap();
+        let models: Vec<&str> = settings.routes.iter().map(|r| r.model.as_str()).collect();
+        assert_eq!(models, ["default", "qwen", "smol"]);
+        assert_eq!(settings.routes[2].probe_base(), Some("http://127.0.0.1:8101/v1"));
+    }
+
+    #[test]
     fn flags_beat_environment_beats_file() {
         let config = Config::parse("listen = \"127.0.0.1:1\"").unwrap();
         let env = |var: &str| match var {
