@@ -46,7 +46,7 @@ pub fn load_engine(settings: &Settings) -> Result<Option<Arc<dyn Engine>>, Strin
     Ok(Some(Arc::new(engine)))
 }
 
-/// Serves until the listener fails or ctrl-c; `on_ready` gets the bound address.
+/// Serves on `listener` until it fails or the process gets ctrl-c.
 pub async fn serve(settings: &Settings, engine: Option<Arc<dyn Engine>>, listener: TcpListener) -> Result<(), String> {
     let state = Arc::new(AppState::new(settings, engine)?);
     axum::serve(listener, router(state))

@@ -242,3 +242,26 @@ async fn models_health_and_readiness() {
     let body: Value = ready.json().await.unwrap();
     assert!(body["error"]["message"].as_str().unwrap().contains("broken"), "{body}");
 }
+
+#[tokio::test]
+async fn a_full_queue_is_a_429_with_retry_after() {
+    // One sequence and one waiting place: with a request generating and one waiting, a third
+    // cannot be queued.
+    let engine = engine_with(1, 1);
+    let base = start(&config("http://127.0.0.1:9/v1"), Some(engine as Arc<dyn Engine>));
+    let long = chat("default", QUESTION, 400, true, json!({"disable": true}));
+    let mut running = post(&base, &long).await;
+    // Its first token is out, so it holds the only sequence.
+    running.chunk().await.unwrap().unwrap();
+    let client = reqwest::Client::new();
+    let waiting = tokio::spawn(client.post(format!("{base}/v1/chat/completions")).json(&long).send());
+    // Give the second request time to reach the engine's queue.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rejected = post(&base, &long).await;
+    assert_eq!(rejected.status(), 429);
+    assert_eq!(rejected.headers()["retry-after"], "1");
+    let body: Value = rejected.json().await.unwrap();
+    assert_eq!(body["error"]["type"], "rate_limit_error", "{body}");
+    waiting.abort();
+    drop(running);
+}

@@ -24,9 +24,14 @@ pub fn model_path() -> PathBuf {
 
 /// The embedded engine on the default model, small enough for the tests.
 pub fn engine() -> Arc<LlamaEngine> {
+    engine_with(2, 64)
+}
+
+pub fn engine_with(parallel: u32, queue_limit: usize) -> Arc<LlamaEngine> {
     let mut config = LlamaConfig::new(model_path());
     config.n_ctx_per_seq = 1024;
-    config.parallel = 2;
+    config.parallel = parallel;
+    config.queue_limit = queue_limit;
     Arc::new(LlamaEngine::load(config).unwrap())
 }
 
