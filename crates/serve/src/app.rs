@@ -17,7 +17,7 @@ use stopwise_core::policy::PolicySpec;
 use stopwise_engine::Engine;
 use tokio::sync::mpsc;
 
-use crate::config::{Route, Settings, Upstream};
+use crate::config::{Route, Settings, Upstream, DEFAULT_MODEL_NAME};
 use crate::error::ApiError;
 use crate::http_upstream::{self, HttpProber};
 use crate::request::ChatRequest;
@@ -45,12 +45,17 @@ impl AppState {
             .connect_timeout(Duration::from_secs(10))
             .build()
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
-        Ok(AppState {
-            routes: settings.routes.iter().map(|r| (r.model.clone(), r.clone())).collect(),
-            engine,
-            client,
-            body_limit: settings.body_limit,
-        })
+        let mut routes: BTreeMap<String, Route> =
+            settings.routes.iter().map(|r| (r.model.clone(), r.clone())).collect();
+        // The embedded default route also answers to the model file's name, as clients that list
+        // `/v1/models` and pick the model by its file would expect.
+        if let (Some(engine), Some(route)) = (&engine, routes.get(DEFAULT_MODEL_NAME)) {
+            if route.upstream == Upstream::Embedded && !routes.contains_key(engine.model_name()) {
+                let alias = Route { model: engine.model_name().to_owned(), ..route.clone() };
+                routes.insert(alias.model.clone(), alias);
+            }
+        }
+        Ok(AppState { routes, engine, client, body_limit: settings.body_limit })
     }
 }
 

@@ -234,7 +234,10 @@ async fn models_health_and_readiness() {
     let (base, _) = start_embedded();
     let models: Value = reqwest::get(format!("{base}/v1/models")).await.unwrap().json().await.unwrap();
     let ids: Vec<&str> = models["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
-    assert_eq!(ids, ["broken", "default"]);
+    // The embedded default route also answers to the model file's name.
+    assert_eq!(ids, ["SmolLM2-135M-Instruct.Q4_1", "broken", "default"]);
+    let by_file = post(&base, &chat("SmolLM2-135M-Instruct.Q4_1", "Say hi.", 4, false, Value::Null)).await;
+    assert_eq!(by_file.status(), 200);
     assert_eq!(reqwest::get(format!("{base}/healthz")).await.unwrap().status(), 200);
     // `broken` points at a closed port, so the server is alive but not ready.
     let ready = reqwest::get(format!("{base}/readyz")).await.unwrap();
