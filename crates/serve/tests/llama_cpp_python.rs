@@ -91,8 +91,15 @@ upstream = "{}"
 task = "numeric"
 policy = "never"
 probe = {{ mode = "chatml_completions", upstream = "{}", default_system = "{SMOLLM_SYSTEM}", timeout_ms = 60000 }}
+[[routes]]
+model = "smol-probe-down"
+upstream = "{}"
+upstream_model = "smol"
+task = "numeric"
+policy = {{ type = "budget", max_tokens = 32 }}
+probe = {{ mode = "chatml_completions", upstream = "http://127.0.0.1:9/v1" }}
 "#,
-        generator.base, prober.base
+        generator.base, prober.base, generator.base
     );
     let proxy = start(&config, None);
     let request = chat("smol", QUESTION, 400, true, Value::Null);
@@ -133,6 +140,17 @@ probe = {{ mode = "chatml_completions", upstream = "{}", default_system = "{SMOL
     let forced = on.chunks[relayed]["choices"][0]["delta"]["content"].as_str().unwrap();
     assert!(forced.starts_with("\n\n**Final Answer**: ") && forced.len() > 20, "{forced:?}");
     assert_eq!(last["choices"][0]["finish_reason"], "stop");
+
+    // Probes that fail (nothing listens on the probe port) fail open: the whole upstream stream,
+    // then a chunk without choices that reports the stop that did not happen.
+    let mut probe_down = request.clone();
+    probe_down["model"] = json!("smol-probe-down");
+    let open = stream(&proxy, &probe_down).await;
+    assert!(open.done && open.error.is_none());
+    let (report, relayed) = open.chunks.split_last().unwrap();
+    assert_eq!(comparable(relayed), comparable(&direct.chunks));
+    assert_eq!(report["choices"], json!([]));
+    assert_eq!((&report["stopwise"]["stopped"], &report["stopwise"]["probes"]), (&json!(false), &json!(0)));
 
     // Not streaming with stopping off: the upstream's response body itself.
     let mut whole = request.clone();

@@ -61,9 +61,14 @@ pub struct Streamed {
 impl Streamed {
     pub fn parse(body: &str) -> Self {
         let mut out = Streamed::default();
-        for event in body.split("\n\n").filter(|e| !e.trim().is_empty()) {
+        let body = body.replace("\r\n", "\n");
+        for event in body.split("\n\n") {
             let is_error = event.lines().any(|l| l == "event: error");
             let data: String = event.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
+            // Events without data are keep-alive comments (`: ping`).
+            if data.is_empty() {
+                continue;
+            }
             if data == "[DONE]" {
                 out.done = true;
             } else if is_error {
