@@ -143,6 +143,8 @@ async fn chat_completions(
         task: route.task,
         interval: route.probe.interval,
         answer_template: route.answer_template.clone(),
+        max_tokens: req.max_tokens,
+        stop: req.stop.clone(),
         prober: prober.map(|p| Arc::new(p) as Arc<dyn session::Prober>),
     });
     let (out_tx, mut out) = mpsc::channel(PIECE_BUFFER);

@@ -268,3 +268,24 @@ async fn a_full_queue_is_a_429_with_retry_after() {
     waiting.abort();
     drop(running);
 }
+
+#[tokio::test]
+async fn the_clients_max_tokens_and_stop_bound_the_forced_answer() {
+    let (base, _) = start_embedded();
+    // A stop string inside the answer template: the forced answer ends just before it.
+    let mut body = chat("default", QUESTION, 160, true, json!({"policy": BUDGET}));
+    body["stop"] = json!(["Answer"]);
+    let cut = stream(&base, &body).await;
+    assert_eq!(cut.last()["stopwise"]["stopped"], true, "{:?}", cut.last());
+    assert!(cut.content().ends_with("\n\n**Final "), "{:?}", cut.content());
+    // No room for an answer within max_tokens: no stop, the upstream runs to the limit.
+    // (The engine probes after token 64 only when a 65th may follow.)
+    let tight = stream(&base, &chat("default", QUESTION, 65, true, json!({"policy": BUDGET}))).await;
+    let last = tight.last();
+    assert_eq!(last["stopwise"]["stopped"], false, "{last}");
+    assert_eq!(last["choices"][0]["finish_reason"], "length");
+    assert_eq!(last["usage"]["completion_tokens"], 65);
+    // The rule did say stop at the probe after token 64 (its answer has more than one token);
+    // only the limit kept the answer out.
+    assert_eq!(last["stopwise"]["probes"], 2, "{last}");
+}
