@@ -170,6 +170,28 @@ enum Command {
         #[arg(long, default_value = "stopwise-report")]
         out: PathBuf,
     },
+    /// OpenAI-compatible streaming proxy that stops generation early (in front of an
+    /// OpenAI-compatible server, or the embedded model when no upstream is given).
+    #[command(
+        after_help = "Examples:\n  stopwise serve --listen 127.0.0.1:8080\n  stopwise serve --upstream http://127.0.0.1:8000/v1 --model-name qwen\n  stopwise serve --config stopwise.toml\n\nEnvironment: STOPWISE_LISTEN, STOPWISE_UPSTREAM, STOPWISE_POLICY, STOPWISE_BODY_LIMIT, STOPWISE_ADMIN_TOKEN."
+    )]
+    Serve {
+        /// TOML config (see stopwise.example.toml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Address to listen on (default 127.0.0.1:8080).
+        #[arg(long)]
+        listen: Option<String>,
+        /// OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1 (default: the embedded model).
+        #[arg(long)]
+        upstream: Option<String>,
+        /// Model name clients ask for (default `default`).
+        #[arg(long)]
+        model_name: Option<String>,
+        /// Policy of the route(s): preset, JSON or `key = value` list.
+        #[arg(long)]
+        policy: Option<String>,
+    },
     /// Sweep rule families over thresholds; print the table and Pareto frontier.
     #[command(
         after_help = "Example:\n  stopwise sweep --traces t.jsonl --rule consistency --rule confidence --thresholds 32"
@@ -234,6 +256,32 @@ impl CertifyOptions {
 
 #[derive(Subcommand)]
 enum BenchAction {
+    /// Proxy cost and savings: time to first token and total time via `stopwise serve` (stopping
+    /// off and on) against calling the same upstream directly, as ratios; upstream tokens decoded
+    /// per token delivered.
+    #[command(
+        after_help = "Example (llama-cpp-python on :8000 and a probe instance on :8001, stopwise serve on :8080):\n  stopwise bench serve --direct http://127.0.0.1:8000/v1 --proxy http://127.0.0.1:8080/v1 --model smol"
+    )]
+    Serve {
+        #[arg(long)]
+        direct: String,
+        #[arg(long)]
+        proxy: String,
+        #[arg(long)]
+        model: String,
+        #[arg(long, default_value_t = 20)]
+        rounds: usize,
+        #[arg(long, default_value_t = 256)]
+        max_tokens: u32,
+        #[arg(
+            long,
+            default_value = "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. How many clips did Natalia sell altogether in April and May? Explain step by step."
+        )]
+        question: String,
+        /// Policy of the stopping-on requests.
+        #[arg(long, default_value = "dynasor-cot")]
+        policy: String,
+    },
     /// Sweep speed vs a plain parse and vs a numpy baseline, on synthetic traces.
     Sweep {
         #[arg(long, default_value_t = 100_000)]
@@ -373,10 +421,46 @@ fn run(cli: Cli) -> Result<()> {
         Command::Bench { action: BenchAction::Sweep { traces, checkpoints, thresholds, seed } } => {
             bench::sweep(traces, checkpoints, thresholds, seed)
         }
+        Command::Bench {
+            action: BenchAction::Serve { direct, proxy, model, rounds, max_tokens, question, policy },
+        } => {
+            let args = stopwise_serve::bench::BenchArgs { direct, proxy, model, rounds, max_tokens, question, policy };
+            let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+            print!("{}", runtime.block_on(stopwise_serve::bench::run(&args)).map_err(anyhow::Error::msg)?);
+            Ok(())
+        }
         Command::Demo { limit, out_dir, model, json } => demo(limit, &out_dir, model.as_deref(), json),
         Command::Train(args) => learn::train_command(&args),
         Command::ExportSft(args) => learn::export_sft_command(&args),
+        Command::Serve { config, listen, upstream, model_name, policy } => {
+            let file = match &config {
+                Some(path) => stopwise_serve::Config::load(path)?,
+                None => stopwise_serve::Config::default(),
+            };
+            let overrides = stopwise_serve::Overrides { listen, upstream, model_name, policy };
+            let settings = file.resolve(&overrides, |var| std::env::var(var).ok())?;
+            serve(&settings)
+        }
     }
+}
+
+fn serve(settings: &stopwise_serve::Settings) -> Result<()> {
+    tracing_subscriber::fmt().with_max_level(tracing::Level::INFO).with_writer(std::io::stderr).init();
+    // The model is loaded before the runtime starts, so no async worker ever waits on it.
+    let engine = stopwise_serve::load_engine(settings).map_err(anyhow::Error::msg)?;
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(settings.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", settings.listen))?;
+        let address = listener.local_addr()?;
+        for route in &settings.routes {
+            eprintln!("model `{}` -> {:?}, policy {}", route.model, route.upstream, route.policy.label());
+        }
+        // Tests and scripts wait for this line (the port may have been chosen by the OS).
+        println!("listening on http://{address}");
+        stopwise_serve::serve(settings, engine, listener).await.map_err(anyhow::Error::msg)
+    })
 }
 
 fn load_engine(

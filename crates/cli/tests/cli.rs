@@ -209,3 +209,34 @@ fn report_draws_every_family_the_presets_and_the_certified_point() {
     }
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// `stopwise serve` in front of an HTTP upstream (no model to load): it prints the address it
+/// bound, serves `/v1/models` under the given name, and a bad config exits 2 naming the key.
+#[test]
+fn serve_listens_and_routes_the_model_name() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_stopwise"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--upstream", "http://127.0.0.1:9/v1", "--model-name", "qwen"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let address = line.trim().strip_prefix("listening on http://").unwrap().to_owned();
+    let mut socket = std::net::TcpStream::connect(&address).unwrap();
+    write!(socket, "GET /v1/models HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = String::new();
+    socket.read_to_string(&mut response).unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.contains(r#""id":"qwen""#), "{response}");
+
+    let dir = temp_dir("serve-config");
+    let config = dir.join("stopwise.toml");
+    std::fs::write(&config, "[[routes]]\nmodel = \"m\"\nupstream = \"embedded\"\npolicy = \"dynasor\"\n").unwrap();
+    let (code, _, err) = stopwise(&["serve", "--config", config.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(err.contains("routes[0].policy") && err.contains("unknown preset `dynasor`"), "{err}");
+}

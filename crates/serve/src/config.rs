@@ -1,0 +1,399 @@
+//! `stopwise.toml`: where to listen, and for each model name the upstream that generates, the stop
+//! policy and how to probe. Unknown keys are errors (a typo must not silently change behaviour);
+//! `STOPWISE_*` environment variables and command-line flags override the file.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use stopwise_core::answer::Task;
+use stopwise_core::policy::PolicySpec;
+
+/// `upstream` value that selects the in-process engine.
+pub const EMBEDDED: &str = "embedded";
+/// Model name of the route served when no route is configured.
+pub const DEFAULT_MODEL_NAME: &str = "default";
+/// The policy of a route that names none: Dynasor-CoT (two equal, non-hedging probed answers).
+pub const DEFAULT_POLICY: &str = "dynasor-cot";
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_BODY_LIMIT: usize = 8 * 1024 * 1024;
+pub const DEFAULT_ANSWER_TEMPLATE: &str = "\n\n**Final Answer**: {answer}";
+
+/// The file as written.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub listen: Option<String>,
+    /// Largest request body in bytes (default 8 MiB); larger bodies get 413.
+    pub body_limit: Option<usize>,
+    pub admin_token: Option<String>,
+    #[serde(default)]
+    pub engine: EngineConfig,
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+}
+
+/// The embedded engine, used by routes whose upstream is `embedded`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineConfig {
+    /// GGUF file; default: the fetched default model.
+    pub model: Option<PathBuf>,
+    /// Requests decoded together (default 4).
+    pub parallel: Option<u32>,
+    pub threads: Option<u32>,
+    /// Requests allowed to wait for a free sequence; beyond that the server answers 429.
+    pub queue_limit: Option<usize>,
+    /// Context per sequence in tokens (default 2048).
+    pub context: Option<u32>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// The `model` clients ask for.
+    pub model: String,
+    /// `embedded`, or the base URL of an OpenAI-compatible server (`http://127.0.0.1:8000/v1`).
+    pub upstream: String,
+    /// The model name sent upstream (default: the client's).
+    pub upstream_model: Option<String>,
+    /// Preset name, `never` (no stopping), JSON text or `key = value` list, or a TOML table.
+    pub policy: Option<PolicyField>,
+    /// How probed answers are extracted and compared: `text` (default), `numeric` or `math`.
+    pub task: Option<Task>,
+    #[serde(default)]
+    pub probe: ProbeConfig,
+    /// What the client receives when stopwise stops; `{answer}` is replaced by the probed answer.
+    pub answer_template: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum PolicyField {
+    Text(String),
+    Table(PolicySpec),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProbeConfig {
+    /// Probe after every `interval` generated tokens.
+    #[serde(default = "default_interval")]
+    pub interval: u32,
+    /// Appended to the partial answer to make the model state its answer.
+    #[serde(default = "default_suffix")]
+    pub suffix: String,
+    #[serde(default = "default_probe_max_tokens")]
+    pub max_tokens: u32,
+    /// A probe slower than this is abandoned (the request goes on as if it had not been made).
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// How an HTTP upstream is asked to continue the partial answer.
+    #[serde(default)]
+    pub mode: ProbeMode,
+    /// Where HTTP probes go (default: the route's upstream). Servers that run one request at a
+    /// time (llama-cpp-python) need a second instance here, or the probe waits for the stream.
+    pub upstream: Option<String>,
+    /// `chatml_completions` only: the system message the upstream's chat template adds when the
+    /// request has none, so that the probe's prompt matches the stream's.
+    pub default_system: Option<String>,
+}
+
+impl Default for ProbeConfig {
+    fn default() -> Self {
+        Self {
+            interval: default_interval(),
+            suffix: default_suffix(),
+            max_tokens: default_probe_max_tokens(),
+            timeout_ms: default_timeout_ms(),
+            mode: ProbeMode::default(),
+            upstream: None,
+            default_system: None,
+        }
+    }
+}
+
+/// How a probe reaches an HTTP upstream.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProbeMode {
+    /// Chat completion whose last message is the partial assistant answer plus the suffix, with
+    /// `continue_final_message: true, add_generation_prompt: false` (vLLM, SGLang, llama-server).
+    #[default]
+    ContinueFinalMessage,
+    /// Raw `POST /completions` with the conversation rendered as ChatML and the assistant turn
+    /// left open (llama-cpp-python, whose chat endpoint cannot continue a message).
+    ChatmlCompletions,
+}
+
+fn default_interval() -> u32 {
+    32
+}
+fn default_suffix() -> String {
+    "\n\nFinal answer: ".into()
+}
+fn default_probe_max_tokens() -> u32 {
+    12
+}
+fn default_timeout_ms() -> u64 {
+    10_000
+}
+
+/// Overrides from flags; each wins over its `STOPWISE_*` variable, which wins over the file.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub upstream: Option<String>,
+    pub model_name: Option<String>,
+    pub policy: Option<String>,
+}
+
+/// Why the configuration cannot be used; the message names the key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{key}: {why}")]
+    Invalid { key: String, why: String },
+}
+
+fn invalid(key: impl Into<String>, why: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key: key.into(), why: why.into() }
+}
+
+/// Everything the server needs, checked.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub body_limit: usize,
+    pub admin_token: Option<String>,
+    pub engine: EngineConfig,
+    pub routes: Vec<Route>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub model: String,
+    pub upstream: Upstream,
+    pub upstream_model: Option<String>,
+    pub policy: PolicySpec,
+    pub task: Task,
+    pub probe: ProbeConfig,
+    pub answer_template: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Upstream {
+    Embedded,
+    /// Base URL without a trailing slash, e.g. `http://127.0.0.1:8000/v1`.
+    Http(String),
+}
+
+impl Upstream {
+    fn parse(key: &str, text: &str) -> Result<Self, ConfigError> {
+        if text == EMBEDDED {
+            return Ok(Upstream::Embedded);
+        }
+        if !text.starts_with("http://") {
+            return Err(invalid(key, format!("`{text}` is neither `embedded` nor an http:// base URL")));
+        }
+        Ok(Upstream::Http(text.trim_end_matches('/').to_owned()))
+    }
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Self::parse(&text).map_err(|message| ConfigError::Parse { path: path.to_owned(), message })
+    }
+
+    pub fn parse(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// Applies environment variables (read through `env`, so tests need not touch the process
+    /// environment) and flags, and checks everything.
+    pub fn resolve(self, overrides: &Overrides, env: impl Fn(&str) -> Option<String>) -> Result<Settings, ConfigError> {
+        let pick = |flag: &Option<String>, var: &str, file: Option<String>| flag.clone().or_else(|| env(var)).or(file);
+        let listen = pick(&overrides.listen, "STOPWISE_LISTEN", self.listen).unwrap_or_else(|| DEFAULT_LISTEN.into());
+        let listen = listen.parse().map_err(|e| invalid("listen", format!("`{listen}`: {e}")))?;
+        let body_limit = match env("STOPWISE_BODY_LIMIT") {
+            Some(v) => v.parse().map_err(|_| invalid("STOPWISE_BODY_LIMIT", format!("`{v}` is not a byte count")))?,
+            None => self.body_limit.unwrap_or(DEFAULT_BODY_LIMIT),
+        };
+        let admin_token = env("STOPWISE_ADMIN_TOKEN").or(self.admin_token);
+        let upstream = pick(&overrides.upstream, "STOPWISE_UPSTREAM", None);
+        let policy = pick(&overrides.policy, "STOPWISE_POLICY", None);
+        let mut routes = self.routes;
+        if routes.is_empty() {
+            routes.push(RouteConfig {
+                model: overrides.model_name.clone().unwrap_or_else(|| DEFAULT_MODEL_NAME.into()),
+                upstream: upstream.unwrap_or_else(|| EMBEDDED.into()),
+                upstream_model: None,
+                policy: None,
+                task: None,
+                probe: ProbeConfig::default(),
+                answer_template: None,
+            });
+        } else if upstream.is_some() || overrides.model_name.is_some() {
+            return Err(invalid(
+                "--upstream/--model-name",
+                "the config file already has [[routes]]; set the upstream and model name there",
+            ));
+        }
+        let routes = routes
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut route)| {
+                let policy = policy.clone().map(PolicyField::Text).or(route.policy.take());
+                Route::resolve(i, route, policy)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        for (i, route) in routes.iter().enumerate() {
+            if routes[..i].iter().any(|r| r.model == route.model) {
+                return Err(invalid(format!("routes[{i}].model"), format!("`{}` is routed twice", route.model)));
+            }
+        }
+        Ok(Settings { listen, body_limit, admin_token, engine: self.engine, routes })
+    }
+}
+
+impl Route {
+    fn resolve(i: usize, route: RouteConfig, policy: Option<PolicyField>) -> Result<Self, ConfigError> {
+        let key = |field: &str| format!("routes[{i}].{field}");
+        let policy = match policy {
+            None => PolicySpec::parse(DEFAULT_POLICY),
+            // `never` turns stopping off for the route (a pure proxy); it is no preset.
+            Some(PolicyField::Text(text)) if text.trim() == "never" => Ok(PolicySpec::Never),
+            Some(PolicyField::Text(text)) => PolicySpec::parse(&text),
+            Some(PolicyField::Table(spec)) => spec.validate().map(|()| spec),
+        }
+        .map_err(|e| invalid(key("policy"), e.to_string()))?;
+        let probe = route.probe;
+        if probe.interval == 0 || probe.max_tokens == 0 {
+            return Err(invalid(key("probe"), "interval and max_tokens must be at least 1"));
+        }
+        if probe.suffix.is_empty() {
+            return Err(invalid(key("probe.suffix"), "must not be empty"));
+        }
+        if let Some(url) = &probe.upstream {
+            Upstream::parse(&key("probe.upstream"), url)?;
+        }
+        let answer_template = route.answer_template.unwrap_or_else(|| DEFAULT_ANSWER_TEMPLATE.into());
+        if !answer_template.contains("{answer}") {
+            return Err(invalid(key("answer_template"), "must contain `{answer}`"));
+        }
+        Ok(Route {
+            upstream: Upstream::parse(&key("upstream"), &route.upstream)?,
+            model: route.model,
+            upstream_model: route.upstream_model,
+            policy,
+            task: route.task.unwrap_or(Task::Text),
+            probe,
+            answer_template,
+        })
+    }
+
+    /// Where this route's probes go.
+    pub fn probe_base(&self) -> Option<&str> {
+        match (&self.probe.upstream, &self.upstream) {
+            (Some(url), _) => Some(url.trim_end_matches('/')),
+            (None, Upstream::Http(base)) => Some(base),
+            (None, Upstream::Embedded) => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn empty_config_serves_the_embedded_default_model() {
+        let settings = Config::default().resolve(&Overrides::default(), no_env).unwrap();
+        assert_eq!(settings.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(settings.body_limit, DEFAULT_BODY_LIMIT);
+        assert_eq!(settings.routes.len(), 1);
+        let route = &settings.routes[0];
+        assert_eq!((route.model.as_str(), &route.upstream), (DEFAULT_MODEL_NAME, &Upstream::Embedded));
+        assert_eq!(route.policy, PolicySpec::parse(DEFAULT_POLICY).unwrap());
+    }
+
+    #[test]
+    fn full_file_with_policy_table_and_text() {
+        let config = Config::parse(
+            r#"
+listen = "0.0.0.0:9000"
+body_limit = 1024
+[[routes]]
+model = "qwen"
+upstream = "http://127.0.0.1:8000/v1/"
+policy = { type = "budget", max_tokens = 64 }
+task = "numeric"
+probe = { interval = 16, mode = "chatml_completions", upstream = "http://127.0.0.1:8001/v1" }
+[[routes]]
+model = "small"
+upstream = "embedded"
+policy = "deer"
+"#,
+        )
+        .unwrap();
+        let settings = config.resolve(&Overrides::default(), no_env).unwrap();
+        assert_eq!(settings.body_limit, 1024);
+        let qwen = &settings.routes[0];
+        assert_eq!(qwen.upstream, Upstream::Http("http://127.0.0.1:8000/v1".into()));
+        assert_eq!(qwen.policy, PolicySpec::Budget { max_tokens: 64 });
+        assert_eq!(qwen.probe_base(), Some("http://127.0.0.1:8001/v1"));
+        assert_eq!(qwen.probe.mode, ProbeMode::ChatmlCompletions);
+        assert_eq!(settings.routes[1].policy, PolicySpec::Confidence { threshold: 0.95, min_tokens: 0 });
+    }
+
+    #[test]
+    fn the_example_config_is_valid() {
+        let config = Config::parse(include_str!("../../../stopwise.example.toml")).unwrap();
+        let settings = config.resolve(&Overrides::default(), no_env).unwrap();
+        let models: Vec<&str> = settings.routes.iter().map(|r| r.model.as_str()).collect();
+        assert_eq!(models, ["default", "qwen", "smol"]);
+        assert_eq!(settings.routes[2].probe_base(), Some("http://127.0.0.1:8101/v1"));
+    }
+
+    #[test]
+    fn flags_beat_environment_beats_file() {
+        let config = Config::parse("listen = \"127.0.0.1:1\"").unwrap();
+        let env = |var: &str| match var {
+            "STOPWISE_LISTEN" => Some("127.0.0.1:2".to_owned()),
+            "STOPWISE_UPSTREAM" => Some("http://h:1/v1".to_owned()),
+            "STOPWISE_ADMIN_TOKEN" => Some("secret".to_owned()),
+            _ => None,
+        };
+        let settings = config.clone().resolve(&Overrides::default(), env).unwrap();
+        assert_eq!(settings.listen.port(), 2);
+        assert_eq!(settings.admin_token.as_deref(), Some("secret"));
+        assert_eq!(settings.routes[0].upstream, Upstream::Http("http://h:1/v1".into()));
+        let flags = Overrides { listen: Some("127.0.0.1:3".into()), ..Overrides::default() };
+        assert_eq!(config.resolve(&flags, env).unwrap().listen.port(), 3);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let err = Config::parse("listn = \"x\"").unwrap_err();
+        assert!(err.contains("listn"), "{err}");
+        let config = Config::parse("[[routes]]\nmodel = \"m\"\nupstream = \"https://x\"").unwrap();
+        let err = config.resolve(&Overrides::default(), no_env).unwrap_err().to_string();
+        assert!(err.contains("routes[0].upstream"), "{err}");
+        let config = Config::parse("[[routes]]\nmodel = \"m\"\nupstream = \"embedded\"\npolicy = \"nope\"").unwrap();
+        let err = config.resolve(&Overrides::default(), no_env).unwrap_err().to_string();
+        assert!(err.contains("routes[0].policy") && err.contains("dynasor-cot"), "{err}");
+        let config =
+            Config::parse("[[routes]]\nmodel = \"m\"\nupstream = \"embedded\"\nanswer_template = \"x\"").unwrap();
+        let err = config.resolve(&Overrides::default(), no_env).unwrap_err().to_string();
+        assert!(err.contains("answer_template"), "{err}");
+    }
+}

@@ -1,0 +1,97 @@
+//! The in-process engine as the upstream. The engine decodes on its own worker thread and
+//! reports through an async handle, so nothing here blocks the runtime; it probes between two
+//! tokens itself (KV-cache rollback), so its probes cost no second request.
+
+use serde_json::json;
+use stopwise_engine::{Engine, EngineError, Event, FinishReason, ProbePlan, Prompt, Request, RequestHandle, Sampling};
+use tokio::sync::mpsc;
+
+use crate::config::ProbeConfig;
+use crate::error::ApiError;
+use crate::request::ChatRequest;
+use crate::session::{new_id, now, Head, Piece, ProbeOutcome};
+
+/// Generated tokens when the client sets no `max_tokens`.
+pub const DEFAULT_MAX_TOKENS: u32 = 1024;
+
+/// Starts the request on the engine; errors here (queue full, bad sampling values, prompt too
+/// long) are answered before any stream starts.
+pub fn submit(engine: &dyn Engine, req: &ChatRequest, probe: Option<&ProbeConfig>) -> Result<RequestHandle, ApiError> {
+    let request = Request {
+        prompt: Prompt::Chat(req.messages.clone()),
+        max_tokens: req.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
+        sampling: Sampling {
+            // OpenAI's defaults.
+            temperature: req.temperature.unwrap_or(1.0),
+            top_p: req.top_p.unwrap_or(1.0),
+            seed: req.seed.unwrap_or_else(|| now() ^ u64::from(std::process::id())),
+        },
+        stop: req.stop.clone(),
+        probe: probe.map(|p| ProbePlan { suffix: p.suffix.clone(), max_tokens: p.max_tokens, interval: p.interval }),
+    };
+    engine.submit(request).map_err(|e| match e {
+        EngineError::Busy { .. } => ApiError::busy(e.to_string()),
+        EngineError::InvalidRequest(why) => {
+            let param = ["temperature", "top_p", "stop"].into_iter().find(|p| why.contains(p)).unwrap_or("messages");
+            ApiError::invalid(param, why)
+        }
+        EngineError::PromptTooLong { .. } => {
+            ApiError { code: Some("context_length_exceeded".into()), ..ApiError::invalid("messages", e.to_string()) }
+        }
+        EngineError::Stopped => ApiError::unavailable(e.to_string()),
+        other => ApiError::internal(other.to_string()),
+    })
+}
+
+/// Turns the engine's events into pieces, building OpenAI chunks for the tokens.
+pub async fn produce(mut handle: RequestHandle, model: String, tx: mpsc::Sender<Piece>) {
+    let head = Head { id: new_id(), created: now(), model };
+    let chunk = |delta: serde_json::Value| {
+        json!({
+            "id": head.id, "object": "chat.completion.chunk", "created": head.created, "model": head.model,
+            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": null}],
+        })
+        .to_string()
+    };
+    let first = Piece::Chunk {
+        data: chunk(json!({"role": "assistant", "content": ""})),
+        text: String::new(),
+        tokens: 0,
+        logprob: Some(0.0),
+        entropy: Some(0.0),
+    };
+    if tx.send(Piece::Head(head.clone())).await.is_err() || tx.send(first).await.is_err() {
+        return;
+    }
+    while let Some(event) = handle.next().await {
+        let piece = match event {
+            Event::Started { prompt_tokens } => Piece::PromptTokens(prompt_tokens),
+            Event::Token { text, logprob, entropy } => Piece::Chunk {
+                data: chunk(json!({"content": text})),
+                text,
+                tokens: 1,
+                logprob: Some(f64::from(logprob)),
+                entropy: Some(f64::from(entropy)),
+            },
+            Event::Probe { after_tokens, text, tokens, mean_prob, min_prob } => Piece::Probe(ProbeOutcome {
+                after_tokens,
+                text,
+                answer_tokens: tokens,
+                mean_prob,
+                min_prob,
+                prompt_tokens: None,
+                completion_tokens: tokens,
+            }),
+            Event::Done { finish_reason, .. } => Piece::Finished {
+                finish_reason: match finish_reason {
+                    FinishReason::Stop => "stop",
+                    FinishReason::Length => "length",
+                },
+            },
+            Event::Error(message) => Piece::Failed(ApiError::internal(format!("engine error: {message}"))),
+        };
+        if tx.send(piece).await.is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,219 @@
+//! An OpenAI-compatible server as the upstream: its SSE stream relayed chunk by chunk, and probes
+//! sent as second, short requests on the same prefix.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde_json::{json, Map, Value};
+use tokio::sync::mpsc;
+
+use crate::config::ProbeMode;
+use crate::error::ApiError;
+use crate::session::{Head, Piece, ProbeFuture, ProbeOutcome, Prober};
+use crate::sse::SseParser;
+
+/// POSTs `body` to `{base}/chat/completions` and reports the streamed chunks as pieces.
+pub async fn stream_chat(client: reqwest::Client, base: String, body: Map<String, Value>, tx: mpsc::Sender<Piece>) {
+    let failed = match stream_chat_inner(&client, &base, &body, &tx).await {
+        Ok(()) => return,
+        Err(e) => e,
+    };
+    // The session may be gone already; nobody is left to tell then.
+    let _ = tx.send(Piece::Failed(failed)).await;
+}
+
+async fn stream_chat_inner(
+    client: &reqwest::Client,
+    base: &str,
+    body: &Map<String, Value>,
+    tx: &mpsc::Sender<Piece>,
+) -> Result<(), ApiError> {
+    let url = format!("{base}/chat/completions");
+    let response = client.post(&url).json(body).send().await.map_err(|e| ApiError::upstream(format!("{url}: {e}")))?;
+    let status = response.status();
+    if !status.is_success() {
+        let text = response.text().await.unwrap_or_default();
+        return Err(ApiError::from_upstream(status.as_u16(), &text));
+    }
+    let mut parser = SseParser::default();
+    let mut bytes = response.bytes_stream();
+    let mut head_sent = false;
+    while let Some(part) = bytes.next().await {
+        let part = part.map_err(|e| ApiError::upstream(format!("the upstream broke off the stream: {e}")))?;
+        for event in parser.push(&part) {
+            if event.data == "[DONE]" {
+                let _ = tx.send(Piece::Done).await;
+                return Ok(());
+            }
+            let chunk: Value = serde_json::from_str(&event.data)
+                .map_err(|e| ApiError::upstream(format!("the upstream sent a chunk that is not JSON: {e}")))?;
+            if chunk.get("error").is_some() || event.event.as_deref() == Some("error") {
+                return Err(ApiError::from_upstream(502, &event.data));
+            }
+            if !head_sent {
+                head_sent = true;
+                let head = Head {
+                    id: chunk["id"].as_str().unwrap_or_default().to_owned(),
+                    created: chunk["created"].as_u64().unwrap_or_else(crate::session::now),
+                    model: chunk["model"].as_str().unwrap_or_default().to_owned(),
+                };
+                if tx.send(Piece::Head(head)).await.is_err() {
+                    return Ok(());
+                }
+            }
+            if let Some(n) = chunk["usage"]["prompt_tokens"].as_u64() {
+                let _ = tx.send(Piece::PromptTokens(n as u32)).await;
+            }
+            let piece = chunk_piece(&chunk, event.data);
+            if tx.send(piece).await.is_err() {
+                return Ok(());
+            }
+        }
+    }
+    Err(ApiError::upstream("the upstream closed the stream before `data: [DONE]`"))
+}
+
+/// What one upstream chunk adds. A chunk with content counts as one token unless it carries
+/// per-token log-probs (servers stream one token per chunk; vLLM may merge several, and then
+/// lists their log-probs when asked).
+fn chunk_piece(chunk: &Value, data: String) -> Piece {
+    let choice = &chunk["choices"][0];
+    let delta = &choice["delta"];
+    let text: String = ["reasoning_content", "content"].iter().filter_map(|k| delta[*k].as_str()).collect();
+    let logprobs = choice["logprobs"]["content"].as_array();
+    let tokens = match logprobs {
+        Some(list) if !list.is_empty() => list.len() as u32,
+        _ => u32::from(!text.is_empty()),
+    };
+    let logprob = logprobs.map(|list| list.iter().filter_map(|t| t["logprob"].as_f64()).sum());
+    Piece::Chunk { data, text, tokens, logprob, entropy: None }
+}
+
+/// Probes through an HTTP upstream, with the conversation of one request.
+pub struct HttpProber {
+    pub client: reqwest::Client,
+    pub base: String,
+    pub mode: ProbeMode,
+    pub model: Value,
+    pub messages: Arc<Vec<Value>>,
+    pub suffix: String,
+    pub max_tokens: u32,
+    pub timeout: Duration,
+    pub default_system: Option<String>,
+}
+
+impl Prober for HttpProber {
+    fn probe(&self, partial: String, after_tokens: u32) -> ProbeFuture {
+        let (url, body) = match self.mode {
+            ProbeMode::ContinueFinalMessage => {
+                let mut messages = (*self.messages).clone();
+                messages.push(json!({"role": "assistant", "content": format!("{partial}{}", self.suffix)}));
+                let body = json!({
+                    "model": self.model, "messages": messages, "max_tokens": self.max_tokens,
+                    "temperature": 0, "logprobs": true, "stream": false,
+                    "continue_final_message": true, "add_generation_prompt": false,
+                });
+                (format!("{}/chat/completions", self.base), body)
+            }
+            ProbeMode::ChatmlCompletions => {
+                let prompt = chatml(&self.messages, self.default_system.as_deref(), &partial, &self.suffix);
+                let body = json!({
+                    "model": self.model, "prompt": prompt, "max_tokens": self.max_tokens,
+                    "temperature": 0, "logprobs": 1, "stream": false,
+                });
+                (format!("{}/completions", self.base), body)
+            }
+        };
+        let request = self.client.post(url).timeout(self.timeout).json(&body);
+        Box::pin(async move {
+            let response = request.send().await.map_err(|e| e.to_string())?;
+            let status = response.status();
+            let value: Value = response.json().await.map_err(|e| e.to_string())?;
+            if !status.is_success() {
+                return Err(format!("probe answered {status}: {value}"));
+            }
+            Ok(probe_outcome(&value, after_tokens))
+        })
+    }
+}
+
+/// The conversation as ChatML, the assistant's turn left open after `partial` and the suffix.
+fn chatml(messages: &[Value], default_system: Option<&str>, partial: &str, suffix: &str) -> String {
+    let mut prompt = String::new();
+    let has_system = messages.first().is_some_and(|m| m["role"] == "system");
+    if let (false, Some(system)) = (has_system, default_system) {
+        prompt.push_str(&format!("<|im_start|>system\n{system}<|im_end|>\n"));
+    }
+    for m in messages {
+        let role = m["role"].as_str().unwrap_or("user");
+        let content = m["content"].as_str().unwrap_or_default();
+        prompt.push_str(&format!("<|im_start|>{role}\n{content}<|im_end|>\n"));
+    }
+    prompt.push_str(&format!("<|im_start|>assistant\n{partial}{suffix}"));
+    prompt
+}
+
+/// Reads a chat or completions response: the first non-blank line of the answer (as the
+/// embedded engine reports it), its token probabilities when the upstream returned log-probs,
+/// and the probe's usage.
+fn probe_outcome(value: &Value, after_tokens: u32) -> ProbeOutcome {
+    let choice = &value["choices"][0];
+    let text = choice["message"]["content"].as_str().or_else(|| choice["text"].as_str()).unwrap_or_default();
+    let logprobs: Vec<f64> = match choice["logprobs"]["content"].as_array() {
+        Some(chat) => chat.iter().filter_map(|t| t["logprob"].as_f64()).collect(),
+        None => choice["logprobs"]["token_logprobs"]
+            .as_array()
+            .map(|l| l.iter().filter_map(Value::as_f64).collect())
+            .unwrap_or_default(),
+    };
+    let line = text.trim_start().lines().next().unwrap_or_default().trim_end().to_owned();
+    let completion_tokens = value["usage"]["completion_tokens"].as_u64().map_or(logprobs.len() as u32, |n| n as u32);
+    // Without log-probs the probe's confidence is unknown and must read as none at all.
+    let probs: Vec<f64> = logprobs.iter().map(|lp| lp.exp()).collect();
+    let (mean_prob, min_prob) = if probs.is_empty() {
+        (0.0, 0.0)
+    } else {
+        (probs.iter().sum::<f64>() / probs.len() as f64, probs.iter().copied().fold(1.0, f64::min))
+    };
+    ProbeOutcome {
+        after_tokens,
+        text: line,
+        answer_tokens: completion_tokens,
+        mean_prob: mean_prob as f32,
+        min_prob: min_prob as f32,
+        prompt_tokens: value["usage"]["prompt_tokens"].as_u64().map(|n| n as u32),
+        completion_tokens,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chatml_leaves_the_assistant_turn_open() {
+        let messages = vec![json!({"role": "user", "content": "2+2?"})];
+        assert_eq!(
+            chatml(&messages, Some("Be brief."), "It is 4.", "\nFinal answer: "),
+            "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n2+2?<|im_end|>\n<|im_start|>assistant\nIt is 4.\nFinal answer: "
+        );
+    }
+
+    #[test]
+    fn reads_chat_and_completions_probe_responses() {
+        // Shapes: OpenAI chat completion with `logprobs.content[]`, and legacy completions with
+        // `logprobs.token_logprobs` (as llama-cpp-python returns them).
+        let chat = json!({"choices":[{"message":{"content":" 18\nbecause"},"logprobs":{"content":[{"logprob":0.0},{"logprob":-0.5}]}}],
+            "usage":{"prompt_tokens":40,"completion_tokens":2}});
+        let outcome = probe_outcome(&chat, 64);
+        assert_eq!((outcome.text.as_str(), outcome.after_tokens, outcome.prompt_tokens), ("18", 64, Some(40)));
+        // exp(-0.5) = 0.6065
+        assert!((outcome.mean_prob - 0.8033).abs() < 1e-3 && (outcome.min_prob - 0.6065).abs() < 1e-3);
+        let completion = json!({"choices":[{"text":"\n\nParis","logprobs":{"token_logprobs":[-0.1]}}]});
+        let outcome = probe_outcome(&completion, 32);
+        assert_eq!((outcome.text.as_str(), outcome.completion_tokens, outcome.prompt_tokens), ("Paris", 1, None));
+        let bare = probe_outcome(&json!({"choices":[{"text":"7"}]}), 32);
+        assert_eq!((bare.mean_prob, bare.min_prob), (0.0, 0.0));
+    }
+}

@@ -1,0 +1,61 @@
+//! stopwise-serve: `stopwise serve`, an OpenAI-compatible streaming proxy that stops reasoning
+//! early.
+//!
+//! Clients point their OpenAI SDK at it instead of at vLLM, llama.cpp or llama-cpp-python. Each
+//! route maps a model name to an upstream (an OpenAI-compatible server, or the embedded engine)
+//! and a stop policy. The client's stream is the upstream's own stream, relayed chunk by chunk;
+//! every `interval` tokens a probe asks the model for its answer so far (asynchronously: the
+//! stream never waits for it) and the policy's [`Rule`](stopwise_core::policy::Rule) decides.
+//! On stop, the upstream request is cancelled and the stream ends with the forced answer, the
+//! usage of what the client received, and a `stopwise` object accounting for the probes. Probe
+//! failures fail open; upstream failures become OpenAI-style error objects.
+
+pub mod app;
+pub mod bench;
+pub mod config;
+pub mod embedded;
+pub mod error;
+pub mod http_upstream;
+pub mod request;
+pub mod session;
+pub mod sse;
+
+use std::sync::Arc;
+
+use stopwise_engine::{resolve_model, Engine, LlamaConfig, LlamaEngine};
+use tokio::net::TcpListener;
+
+pub use app::{router, AppState};
+pub use config::{Config, Overrides, Settings};
+pub use error::ApiError;
+
+/// Loads the embedded engine when a route needs it. Blocking (reads the model file): call it
+/// before the runtime serves requests, or from `spawn_blocking`.
+pub fn load_engine(settings: &Settings) -> Result<Option<Arc<dyn Engine>>, String> {
+    if !settings.routes.iter().any(|r| r.upstream == config::Upstream::Embedded) {
+        return Ok(None);
+    }
+    let engine = &settings.engine;
+    let path = resolve_model(engine.model.as_deref()).map_err(|e| e.to_string())?;
+    let mut config = LlamaConfig::new(path);
+    config.parallel = engine.parallel.unwrap_or(config.parallel).max(1);
+    config.threads = engine.threads.unwrap_or(config.threads);
+    config.queue_limit = engine.queue_limit.unwrap_or(config.queue_limit);
+    config.n_ctx_per_seq = engine.context.unwrap_or(config.n_ctx_per_seq);
+    let engine = LlamaEngine::load(config).map_err(|e| e.to_string())?;
+    Ok(Some(Arc::new(engine)))
+}
+
+/// Serves on `listener` until it fails or the process gets ctrl-c.
+pub async fn serve(settings: &Settings, engine: Option<Arc<dyn Engine>>, listener: TcpListener) -> Result<(), String> {
+    let state = Arc::new(AppState::new(settings, engine)?);
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(async {
+            // Without a signal handler the server simply runs until killed.
+            if tokio::signal::ctrl_c().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        })
+        .await
+        .map_err(|e| format!("server failed: {e}"))
+}

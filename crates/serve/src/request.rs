@@ -1,0 +1,207 @@
+//! The client's chat-completion request: checked field by field (so a bad one gets a 400 naming the
+//! field), while the raw JSON object is kept whole so that every parameter reaches the upstream.
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use stopwise_core::policy::PolicySpec;
+use stopwise_engine::ChatMessage;
+
+use crate::error::ApiError;
+
+/// The request, as the upstream will see it (the `stopwise` extension removed), plus the fields
+/// stopwise itself reads.
+#[derive(Debug, Clone)]
+pub struct ChatRequest {
+    pub raw: Map<String, Value>,
+    pub model: String,
+    pub messages: Vec<ChatMessage>,
+    pub stream: bool,
+    pub max_tokens: Option<u32>,
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub seed: Option<u64>,
+    pub stop: Vec<String>,
+    pub extension: Extension,
+}
+
+/// `"stopwise": {"policy": ..., "disable": true}`: per-request override, never sent upstream.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Extension {
+    pub policy: Option<PolicySpec>,
+    pub disable: bool,
+}
+
+#[derive(Deserialize)]
+struct Fields {
+    model: String,
+    messages: Vec<Message>,
+    #[serde(default)]
+    stream: Option<bool>,
+    max_tokens: Option<u32>,
+    max_completion_tokens: Option<u32>,
+    temperature: Option<f32>,
+    top_p: Option<f32>,
+    seed: Option<u64>,
+    stop: Option<Stop>,
+    n: Option<u32>,
+    stopwise: Option<ExtensionFields>,
+}
+
+#[derive(Deserialize)]
+struct Message {
+    role: String,
+    /// `null` is allowed (assistant messages that only call tools).
+    content: Option<Content>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Content {
+    Text(String),
+    Parts(Vec<Part>),
+}
+
+#[derive(Deserialize)]
+struct Part {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    text: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Stop {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExtensionFields {
+    policy: Option<Value>,
+    #[serde(default)]
+    disable: bool,
+}
+
+impl ChatRequest {
+    pub fn parse(body: &[u8]) -> Result<Self, ApiError> {
+        let value: Value =
+            serde_json::from_slice(body).map_err(|e| ApiError::bad_json(format!("request body is not JSON: {e}")))?;
+        let Value::Object(mut raw) = value else {
+            return Err(ApiError::bad_json("request body must be a JSON object"));
+        };
+        let fields: Fields = serde_path_to_error::deserialize(&Value::Object(raw.clone())).map_err(field_error)?;
+        if fields.n.is_some_and(|n| n != 1) {
+            return Err(ApiError::invalid("n", "only n = 1 is supported"));
+        }
+        let messages = fields
+            .messages
+            .into_iter()
+            .enumerate()
+            .map(|(i, m)| Ok(ChatMessage::new(m.role, text_of(i, m.content)?)))
+            .collect::<Result<Vec<_>, ApiError>>()?;
+        if messages.is_empty() {
+            return Err(ApiError::invalid("messages", "must hold at least one message"));
+        }
+        raw.remove("stopwise");
+        let extension = match fields.stopwise {
+            None => Extension::default(),
+            Some(ext) => Extension { policy: ext.policy.map(parse_policy).transpose()?, disable: ext.disable },
+        };
+        Ok(ChatRequest {
+            raw,
+            model: fields.model,
+            messages,
+            stream: fields.stream.unwrap_or(false),
+            max_tokens: fields.max_completion_tokens.or(fields.max_tokens),
+            temperature: fields.temperature,
+            top_p: fields.top_p,
+            seed: fields.seed,
+            stop: match fields.stop {
+                None => Vec::new(),
+                Some(Stop::One(s)) => vec![s],
+                Some(Stop::Many(v)) => v,
+            },
+            extension,
+        })
+    }
+}
+
+/// serde reports a missing field at its parent's path; the param should name the field itself.
+fn field_error(e: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
+    let path = e.path().to_string();
+    let message = e.inner().to_string();
+    let missing = message.strip_prefix("missing field `").and_then(|rest| rest.split('`').next());
+    let param = match (missing, path.as_str()) {
+        (Some(field), "." | "") => field.to_owned(),
+        (Some(field), parent) => format!("{parent}.{field}"),
+        (None, path) => path.to_owned(),
+    };
+    ApiError::invalid(param.clone(), format!("field `{param}`: {message}"))
+}
+
+fn text_of(i: usize, content: Option<Content>) -> Result<String, ApiError> {
+    match content {
+        None => Ok(String::new()),
+        Some(Content::Text(text)) => Ok(text),
+        Some(Content::Parts(parts)) => parts
+            .into_iter()
+            .map(|p| match (p.kind.as_str(), p.text) {
+                ("text", Some(text)) => Ok(text),
+                (kind, _) => Err(ApiError::invalid(
+                    format!("messages[{i}].content"),
+                    format!("content parts of type `{kind}` are not supported; send text"),
+                )),
+            })
+            .collect(),
+    }
+}
+
+fn parse_policy(value: Value) -> Result<PolicySpec, ApiError> {
+    let text = match value {
+        Value::String(text) => text,
+        other => other.to_string(),
+    };
+    PolicySpec::parse(&text).map_err(|e| ApiError::invalid("stopwise.policy", e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_every_parameter_but_the_extension() {
+        let body = br#"{"model":"m","messages":[{"role":"user","content":"hi"}],"logit_bias":{"1":2},
+            "stream":true,"stop":"x","stopwise":{"policy":{"type":"budget","max_tokens":8}}}"#;
+        let req = ChatRequest::parse(body).unwrap();
+        assert!(req.raw.contains_key("logit_bias") && !req.raw.contains_key("stopwise"));
+        assert_eq!(req.stop, vec!["x".to_owned()]);
+        assert_eq!(req.extension.policy, Some(PolicySpec::Budget { max_tokens: 8 }));
+        assert!(req.stream);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let param = |body: &[u8]| ChatRequest::parse(body).unwrap_err().param;
+        assert_eq!(param(br#"{"messages":[]}"#).as_deref(), Some("model"));
+        assert_eq!(param(br#"{"model":"m","messages":[{"content":"x"}]}"#).as_deref(), Some("messages[0].role"));
+        assert_eq!(
+            param(br#"{"model":"m","messages":[{"role":"user","content":"x"}],"max_tokens":"9"}"#).as_deref(),
+            Some("max_tokens")
+        );
+        assert_eq!(
+            param(br#"{"model":"m","messages":[{"role":"user","content":"x"}],"stopwise":{"policy":"nope"}}"#)
+                .as_deref(),
+            Some("stopwise.policy")
+        );
+        let err = ChatRequest::parse(b"{not json").unwrap_err();
+        assert_eq!((err.status.as_u16(), err.param), (400, None));
+    }
+
+    #[test]
+    fn text_parts_are_joined() {
+        let body = br#"{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"a"},{"type":"text","text":"b"}]}]}"#;
+        assert_eq!(ChatRequest::parse(body).unwrap().messages[0].content, "ab");
+    }
+}

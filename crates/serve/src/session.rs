@@ -1,0 +1,338 @@
+//! One chat completion in flight: relays what the upstream generates to the client as it arrives,
+//! feeds probed answers to the stop rule, and when the rule says stop, cancels the upstream and
+//! finishes the stream with the forced answer and honest accounting.
+//!
+//! Upstreams (HTTP or embedded) report [`Piece`]s on a channel from a task the session owns;
+//! dropping the session aborts that task, which drops the upstream request (reqwest closes the
+//! connection, the engine frees the sequence). HTTP probes run as separate tasks, so the client's
+//! stream never waits for one.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+use stopwise_core::answer::{self, Task};
+use stopwise_core::policy::{Decision, PolicySpec, Rule};
+use stopwise_core::trace::Checkpoint;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::error::ApiError;
+use crate::sse::Frame;
+
+/// What an upstream reports while it generates.
+#[derive(Debug)]
+pub enum Piece {
+    /// The chunk identity that stopwise's own chunks must share.
+    Head(Head),
+    /// A chunk for the client. `data` is relayed as is; `text` is the content it adds, `tokens`
+    /// the generated tokens it stands for, `logprob` their summed log-probability when known.
+    Chunk {
+        data: String,
+        text: String,
+        tokens: u32,
+        logprob: Option<f64>,
+        entropy: Option<f64>,
+    },
+    PromptTokens(u32),
+    /// A probe the upstream took itself (the embedded engine probes between two tokens).
+    Probe(ProbeOutcome),
+    /// The embedded engine finished; the session writes the final chunk.
+    Finished {
+        finish_reason: &'static str,
+    },
+    /// The upstream's stream ended (`[DONE]`), its own final chunks already relayed.
+    Done,
+    Failed(ApiError),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Head {
+    pub id: String,
+    pub created: u64,
+    pub model: String,
+}
+
+/// A probed answer and what it cost.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProbeOutcome {
+    /// Generated tokens when the probe was taken.
+    pub after_tokens: u32,
+    /// The answer line the probe decoded.
+    pub text: String,
+    pub answer_tokens: u32,
+    pub mean_prob: f32,
+    pub min_prob: f32,
+    /// `None` when the upstream does not report it (the embedded engine reuses its KV cache).
+    pub prompt_tokens: Option<u32>,
+    pub completion_tokens: u32,
+}
+
+/// Launches HTTP probes; `None` for upstreams that probe themselves.
+pub trait Prober: Send + Sync {
+    /// A probe of the answer after `partial`, the text generated so far; `Err` fails open.
+    fn probe(&self, partial: String, after_tokens: u32) -> ProbeFuture;
+}
+
+pub type ProbeFuture = std::pin::Pin<Box<dyn Future<Output = Result<ProbeOutcome, String>> + Send>>;
+
+/// How this request may stop.
+pub struct StopPlan {
+    pub policy: PolicySpec,
+    pub task: Task,
+    pub interval: u32,
+    pub answer_template: String,
+    /// The client's `max_tokens` and `stop`, which bound the forced answer as well.
+    pub max_tokens: Option<u32>,
+    pub stop: Vec<String>,
+    pub prober: Option<Arc<dyn Prober>>,
+}
+
+/// Aborts the task when dropped, so that nothing outlives the request that started it.
+pub struct AbortOnDrop<T>(pub JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Runs the session until the stream is finished or the client is gone.
+pub async fn run(
+    producer: AbortOnDrop<()>,
+    mut pieces: mpsc::Receiver<Piece>,
+    plan: Option<StopPlan>,
+    out: mpsc::Sender<Frame>,
+) {
+    let mut state = State::new(plan);
+    let mut probe: Option<AbortOnDrop<Result<ProbeOutcome, String>>> = None;
+    loop {
+        let event = tokio::select! {
+            piece = pieces.recv() => Event::Piece(piece),
+            result = async { (&mut probe.as_mut()?.0).await.ok() }, if probe.is_some() => Event::Probe(result),
+            () = out.closed() => return,
+        };
+        if matches!(event, Event::Probe(_)) {
+            probe = None;
+        }
+        let frames = match event {
+            Event::Piece(Some(Piece::Chunk { data, text, tokens, logprob, entropy })) => {
+                state.add(&text, tokens, logprob, entropy);
+                if probe.is_none() {
+                    probe = state.due_probe().map(|future| AbortOnDrop(tokio::spawn(future)));
+                }
+                vec![Frame::Data(data)]
+            }
+            Event::Piece(Some(Piece::Head(head))) => {
+                state.head = Some(head);
+                continue;
+            }
+            Event::Piece(Some(Piece::PromptTokens(n))) => {
+                state.prompt_tokens = Some(n);
+                continue;
+            }
+            Event::Piece(Some(Piece::Probe(outcome))) | Event::Probe(Some(Ok(outcome))) => {
+                match state.observe(outcome) {
+                    Some(frames) => frames,
+                    None => continue,
+                }
+            }
+            Event::Probe(failed) => {
+                // Fail open: the request goes on as if the probe had not been taken.
+                if let Some(Err(why)) = failed {
+                    tracing::warn!("probe failed, continuing without it: {why}");
+                }
+                continue;
+            }
+            Event::Piece(Some(Piece::Finished { finish_reason })) => {
+                vec![Frame::Data(state.final_chunk(finish_reason, None).to_string()), Frame::Done]
+            }
+            Event::Piece(Some(Piece::Done)) => {
+                state.extension_chunk().map(|c| Frame::Data(c.to_string())).into_iter().chain([Frame::Done]).collect()
+            }
+            Event::Piece(Some(Piece::Failed(e))) => vec![Frame::Error(e)],
+            Event::Piece(None) => vec![Frame::Error(ApiError::upstream("the upstream ended without finishing"))],
+        };
+        let last = matches!(frames.last(), Some(Frame::Done | Frame::Error(_)));
+        for frame in frames {
+            if out.send(frame).await.is_err() {
+                return;
+            }
+        }
+        if last {
+            // Dropping the producer now cancels the upstream before the client has even read
+            // the last frames.
+            drop(producer);
+            return;
+        }
+    }
+}
+
+enum Event {
+    Piece(Option<Piece>),
+    Probe(Option<Result<ProbeOutcome, String>>),
+}
+
+struct State {
+    plan: Option<(StopPlan, Rule)>,
+    head: Option<Head>,
+    prompt_tokens: Option<u32>,
+    text: String,
+    tokens: u32,
+    next_probe_at: u32,
+    /// Log-prob and entropy sums since the last checkpoint; `None` once any chunk lacked them.
+    segment: (u32, Option<f64>, Option<f64>),
+    probe_prompt_tokens: Option<u32>,
+    probe_completion_tokens: u32,
+    probes: u32,
+}
+
+impl State {
+    fn new(plan: Option<StopPlan>) -> Self {
+        let next_probe_at = plan.as_ref().map_or(u32::MAX, |p| p.interval);
+        State {
+            plan: plan.map(|p| {
+                let rule = p.policy.start(p.task);
+                (p, rule)
+            }),
+            head: None,
+            prompt_tokens: None,
+            text: String::new(),
+            tokens: 0,
+            next_probe_at,
+            segment: (0, Some(0.0), Some(0.0)),
+            probe_prompt_tokens: Some(0),
+            probe_completion_tokens: 0,
+            probes: 0,
+        }
+    }
+
+    fn add(&mut self, text: &str, tokens: u32, logprob: Option<f64>, entropy: Option<f64>) {
+        self.text.push_str(text);
+        self.tokens += tokens;
+        let (n, lp, ent) = &mut self.segment;
+        *n += tokens;
+        *lp = lp.zip(logprob).map(|(a, b)| a + b);
+        *ent = ent.zip(entropy).map(|(a, b)| a + b);
+    }
+
+    /// The HTTP probe to launch now, if one is due.
+    fn due_probe(&mut self) -> Option<crate::session::ProbeFuture> {
+        let (plan, _) = self.plan.as_ref()?;
+        let prober = plan.prober.as_ref()?;
+        if self.tokens < self.next_probe_at {
+            return None;
+        }
+        // The next probe is due at the next multiple of the interval after this one, however
+        // long this one takes: probes never queue up behind a slow upstream.
+        self.next_probe_at = (self.tokens / plan.interval + 1) * plan.interval;
+        Some(prober.probe(self.text.clone(), self.tokens))
+    }
+
+    /// Feeds a probe to the rule; the frames that end the stream when it says stop.
+    fn observe(&mut self, outcome: ProbeOutcome) -> Option<Vec<Frame>> {
+        let (plan, rule) = self.plan.as_mut()?;
+        self.probes += 1;
+        self.probe_prompt_tokens = self.probe_prompt_tokens.zip(outcome.prompt_tokens).map(|(a, b)| a + b);
+        self.probe_completion_tokens += outcome.completion_tokens;
+        let (n, lp, ent) = std::mem::replace(&mut self.segment, (0, Some(0.0), Some(0.0)));
+        let mean = |sum: Option<f64>| sum.map(|s| s / f64::from(n.max(1)));
+        let checkpoint = Checkpoint {
+            tokens: outcome.after_tokens,
+            answer: answer::extract(plan.task, &outcome.text),
+            probe_text: outcome.text.clone(),
+            answer_tokens: outcome.answer_tokens,
+            mean_prob: outcome.mean_prob,
+            min_prob: outcome.min_prob,
+            // Unknown log-probs must never look confident: a log-prob window then never stops.
+            segment_logprob: mean(lp).map_or(f32::NEG_INFINITY, |m| m.min(0.0) as f32),
+            segment_entropy: mean(ent).map_or(f32::INFINITY, |m| m.max(0.0) as f32),
+        };
+        if rule.observe(&checkpoint) == Decision::Continue {
+            return None;
+        }
+        // The client's max_tokens bounds the forced answer too: when it would not fit, the
+        // request goes on as if the rule had not stopped (the upstream ends at the limit anyway).
+        if plan.max_tokens.is_some_and(|max| self.tokens + outcome.answer_tokens > max) {
+            return None;
+        }
+        let answer = if checkpoint.answer.is_empty() { outcome.text.trim() } else { checkpoint.answer.as_str() };
+        let mut forced = plan.answer_template.replace("{answer}", answer);
+        // And its stop strings: the forced answer ends before the first one, which is not sent.
+        if let Some(cut) = plan.stop.iter().filter_map(|s| forced.find(s.as_str())).min() {
+            forced.truncate(cut);
+        }
+        let content = self.chunk(json!({"content": forced}), Value::Null);
+        let stop = StopInfo { checkpoint_tokens: outcome.after_tokens, answer_tokens: outcome.answer_tokens };
+        let last = self.final_chunk("stop", Some(stop));
+        Some(vec![Frame::Data(content.to_string()), Frame::Data(last.to_string()), Frame::Done])
+    }
+
+    fn chunk(&self, delta: Value, finish_reason: Value) -> Value {
+        let head = self.head.clone().unwrap_or_else(|| Head { id: new_id(), created: now(), model: String::new() });
+        json!({
+            "id": head.id,
+            "object": "chat.completion.chunk",
+            "created": head.created,
+            "model": head.model,
+            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish_reason}],
+        })
+    }
+
+    /// The last chunk: finish reason, usage of what the client received, and the extension.
+    fn final_chunk(&self, finish_reason: &str, stop: Option<StopInfo>) -> Value {
+        let mut chunk = self.chunk(json!({}), json!(finish_reason));
+        // The forced answer is counted with the tokens the probe decoded for it; the template's
+        // own few tokens are not measured and not counted.
+        let completion = self.tokens + stop.as_ref().map_or(0, |s| s.answer_tokens);
+        let prompt = self.prompt_tokens.unwrap_or(0);
+        chunk["usage"] =
+            json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion});
+        if let Some(extension) = self.extension(stop.as_ref()) {
+            chunk["stopwise"] = extension;
+        }
+        chunk
+    }
+}
+
+impl State {
+    /// What stopping did and cost; `None` when stopping was off.
+    fn extension(&self, stop: Option<&StopInfo>) -> Option<Value> {
+        let (plan, _) = self.plan.as_ref()?;
+        Some(json!({
+            "stopped": stop.is_some(),
+            "stop_reason": stop.map(|_| plan.policy.label()),
+            "checkpoint_tokens": stop.map(|s| s.checkpoint_tokens),
+            "probes": self.probes,
+            "probe_prompt_tokens": self.probe_prompt_tokens,
+            "probe_completion_tokens": self.probe_completion_tokens,
+            "policy": plan.policy,
+        }))
+    }
+
+    /// After an HTTP upstream's own last chunk, when stopping was on but did not stop: a chunk
+    /// with no choices (as OpenAI's usage chunk) that reports what the probes cost.
+    fn extension_chunk(&self) -> Option<Value> {
+        let mut chunk = self.chunk(json!({}), Value::Null);
+        chunk["choices"] = json!([]);
+        chunk["stopwise"] = self.extension(None)?;
+        Some(chunk)
+    }
+}
+
+struct StopInfo {
+    checkpoint_tokens: u32,
+    answer_tokens: u32,
+}
+
+pub fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// A chunk id unique within this process and unlikely to repeat across restarts.
+pub fn new_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    format!("chatcmpl-sw{:x}{:x}", nanos as u64, COUNTER.fetch_add(1, Ordering::Relaxed))
+}

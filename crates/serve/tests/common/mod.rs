@@ -1,0 +1,129 @@
+//! Helpers shared by the serve integration tests: the real default model, and a `stopwise serve`
+//! started in-process on a free port with its own runtime thread.
+
+// Each test binary uses its own subset of these helpers.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+use serde_json::Value;
+use stopwise_engine::{fetch_default_model, resolve_model, Engine, LlamaConfig, LlamaEngine};
+use stopwise_serve::{Config, Overrides};
+
+pub const QUESTION: &str = "Natalia sold clips to 48 of her friends in April, and then she sold half as many \
+    clips in May. How many clips did Natalia sell altogether in April and May? Explain step by step.";
+
+pub fn model_path() -> PathBuf {
+    match std::env::var_os("STOPWISE_MODEL") {
+        Some(path) => resolve_model(Some(Path::new(&path))).unwrap(),
+        None => fetch_default_model(|line| eprintln!("model: {line}")).unwrap(),
+    }
+}
+
+/// The embedded engine on the default model, small enough for the tests.
+pub fn engine() -> Arc<LlamaEngine> {
+    engine_with(2, 64)
+}
+
+pub fn engine_with(parallel: u32, queue_limit: usize) -> Arc<LlamaEngine> {
+    let mut config = LlamaConfig::new(model_path());
+    config.n_ctx_per_seq = 1024;
+    config.parallel = parallel;
+    config.queue_limit = queue_limit;
+    Arc::new(LlamaEngine::load(config).unwrap())
+}
+
+/// Starts the server for `toml` on 127.0.0.1 and returns its base URL (`http://127.0.0.1:P`).
+pub fn start(toml: &str, engine: Option<Arc<dyn Engine>>) -> String {
+    let settings = Config::parse(toml).unwrap().resolve(&Overrides::default(), |_| None).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tx.send(listener.local_addr().unwrap()).unwrap();
+            stopwise_serve::serve(&settings, engine, listener).await.unwrap();
+        });
+    });
+    format!("http://{}", rx.recv().unwrap())
+}
+
+/// A streamed response, parsed: the data chunks, whether `[DONE]` came, and any `error` event.
+#[derive(Debug, Default)]
+pub struct Streamed {
+    pub chunks: Vec<Value>,
+    pub done: bool,
+    pub error: Option<Value>,
+}
+
+impl Streamed {
+    pub fn parse(body: &str) -> Self {
+        let mut out = Streamed::default();
+        let body = body.replace("\r\n", "\n");
+        for event in body.split("\n\n") {
+            let is_error = event.lines().any(|l| l == "event: error");
+            let data: String = event.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
+            // Events without data are keep-alive comments (`: ping`).
+            if data.is_empty() {
+                continue;
+            }
+            if data == "[DONE]" {
+                out.done = true;
+            } else if is_error {
+                out.error = Some(serde_json::from_str(&data).unwrap());
+            } else {
+                out.chunks.push(serde_json::from_str(&data).unwrap());
+            }
+        }
+        out
+    }
+
+    pub fn content(&self) -> String {
+        self.chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect()
+    }
+
+    pub fn last(&self) -> &Value {
+        self.chunks.last().unwrap()
+    }
+}
+
+pub fn chat(model: &str, question: &str, max_tokens: u32, stream: bool, extension: Value) -> Value {
+    let mut body = serde_json::json!({
+        "model": model,
+        "messages": [{"role": "user", "content": question}],
+        "temperature": 0,
+        "max_tokens": max_tokens,
+        "stream": stream,
+    });
+    if !extension.is_null() {
+        body["stopwise"] = extension;
+    }
+    body
+}
+
+pub async fn post(base: &str, body: &Value) -> reqwest::Response {
+    reqwest::Client::new().post(format!("{base}/v1/chat/completions")).json(body).send().await.unwrap()
+}
+
+pub async fn stream(base: &str, body: &Value) -> Streamed {
+    let response = post(base, body).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    Streamed::parse(&response.text().await.unwrap())
+}
+
+/// Whether `python3` can import `module`; panics when it cannot and skipping was not asked for.
+pub fn python_has(module: &str) -> bool {
+    let ok = Command::new("python3").args(["-c", &format!("import {module}")]).status().is_ok_and(|s| s.success());
+    if !ok {
+        assert!(
+            std::env::var_os("STOPWISE_SKIP_PYTHON_TESTS").is_some(),
+            "python3 cannot import `{module}`; run `pip install openai 'llama-cpp-python[server]==0.3.36'` \
+             (see .ci/run) or set STOPWISE_SKIP_PYTHON_TESTS=1 to skip"
+        );
+        eprintln!("\n!!! SKIPPED: python3 cannot import `{module}` and STOPWISE_SKIP_PYTHON_TESTS is set !!!\n");
+    }
+    ok
+}
