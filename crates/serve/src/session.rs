@@ -142,6 +142,7 @@ pub async fn run(
                 if let Some(Err(why)) = failed {
                     tracing::warn!("probe failed, continuing without it: {why}");
                 }
+                state.probe_failed();
                 continue;
             }
             Event::Piece(Some(Piece::Finished { finish_reason })) => {
@@ -185,6 +186,8 @@ struct State {
     probe_prompt_tokens: Option<u32>,
     probe_completion_tokens: u32,
     probes: u32,
+    /// The checkpoint whose HTTP probe is in flight, as generation alone describes it.
+    pending: Option<Checkpoint>,
 }
 
 impl State {
@@ -204,6 +207,7 @@ impl State {
             probe_prompt_tokens: Some(0),
             probe_completion_tokens: 0,
             probes: 0,
+            pending: None,
         }
     }
 
@@ -216,52 +220,80 @@ impl State {
         *ent = ent.zip(entropy).map(|(a, b)| a + b);
     }
 
-    /// The HTTP probe to launch now, if one is due.
+    /// The HTTP probe to launch now, if one is due and the rule needs its answer here (a budget
+    /// or a log-prob window does not at most checkpoints: no probe, no cost).
     fn due_probe(&mut self) -> Option<crate::session::ProbeFuture> {
         let (plan, _) = self.plan.as_ref()?;
-        let prober = plan.prober.as_ref()?;
+        let prober = plan.prober.clone()?;
         if self.tokens < self.next_probe_at {
             return None;
         }
         // The next probe is due at the next multiple of the interval after this one, however
         // long this one takes: probes never queue up behind a slow upstream.
         self.next_probe_at = (self.tokens / plan.interval + 1) * plan.interval;
+        let checkpoint = self.take_segment(self.tokens);
+        let (_, rule) = self.plan.as_mut()?;
+        if !rule.needs_probe(&checkpoint) {
+            // Without a probe the rule cannot stop here; `decide` keeps its state in step.
+            rule.decide(&checkpoint);
+            return None;
+        }
+        self.pending = Some(checkpoint);
         Some(prober.probe(self.text.clone(), self.tokens))
+    }
+
+    /// A checkpoint at `tokens` carrying the log-prob and entropy of the segment since the last
+    /// one, and no probe yet.
+    fn take_segment(&mut self, tokens: u32) -> Checkpoint {
+        let (n, lp, ent) = std::mem::replace(&mut self.segment, (0, Some(0.0), Some(0.0)));
+        let mean = |sum: Option<f64>| sum.map(|s| s / f64::from(n.max(1)));
+        Checkpoint {
+            tokens,
+            answer: String::new(),
+            probe_text: String::new(),
+            answer_tokens: 0,
+            mean_prob: 0.0,
+            min_prob: 0.0,
+            // Unknown log-probs must never look confident: a log-prob window then never stops.
+            segment_logprob: mean(lp).map_or(f32::NEG_INFINITY, |m| m.min(0.0) as f32),
+            segment_entropy: mean(ent).map_or(f32::INFINITY, |m| m.max(0.0) as f32),
+        }
+    }
+
+    /// A probe in flight failed: the rule sees the checkpoint without an answer.
+    fn probe_failed(&mut self) {
+        if let (Some(checkpoint), Some((_, rule))) = (self.pending.take(), self.plan.as_mut()) {
+            rule.decide(&checkpoint);
+        }
     }
 
     /// Feeds a probe to the rule; the frames that end the stream when it says stop.
     fn observe(&mut self, outcome: ProbeOutcome) -> Option<Vec<Frame>> {
-        let (plan, rule) = self.plan.as_mut()?;
+        self.plan.as_ref()?;
         self.probes += 1;
         self.probe_prompt_tokens = self.probe_prompt_tokens.zip(outcome.prompt_tokens).map(|(a, b)| a + b);
         self.probe_completion_tokens += outcome.completion_tokens;
-        let (n, lp, ent) = std::mem::replace(&mut self.segment, (0, Some(0.0), Some(0.0)));
-        let mean = |sum: Option<f64>| sum.map(|s| s / f64::from(n.max(1)));
+        // An HTTP probe was asked for at launch; the embedded engine probes every interval
+        // itself, so its checkpoints go through both steps here.
+        let (asked, skeleton) = match self.pending.take() {
+            Some(checkpoint) => (true, checkpoint),
+            None => (false, self.take_segment(outcome.after_tokens)),
+        };
+        let (plan, rule) = self.plan.as_mut()?;
         let checkpoint = Checkpoint {
-            tokens: outcome.after_tokens,
             answer: answer::extract(plan.task, &outcome.text),
             probe_text: outcome.text.clone(),
             answer_tokens: outcome.answer_tokens,
             mean_prob: outcome.mean_prob,
             min_prob: outcome.min_prob,
-            // Unknown log-probs must never look confident: a log-prob window then never stops.
-            segment_logprob: mean(lp).map_or(f32::NEG_INFINITY, |m| m.min(0.0) as f32),
-            segment_entropy: mean(ent).map_or(f32::INFINITY, |m| m.max(0.0) as f32),
+            ..skeleton
         };
-        if rule.observe(&checkpoint) == Decision::Continue {
-            return None;
-        }
-        // The client's max_tokens bounds the forced answer too: when it would not fit, the
-        // request goes on as if the rule had not stopped (the upstream ends at the limit anyway).
-        if plan.max_tokens.is_some_and(|max| self.tokens + outcome.answer_tokens > max) {
+        let decision = if asked { rule.decide(&checkpoint) } else { rule.observe(&checkpoint) };
+        if decision == Decision::Continue {
             return None;
         }
         let answer = if checkpoint.answer.is_empty() { outcome.text.trim() } else { checkpoint.answer.as_str() };
-        let mut forced = plan.answer_template.replace("{answer}", answer);
-        // And its stop strings: the forced answer ends before the first one, which is not sent.
-        if let Some(cut) = plan.stop.iter().filter_map(|s| forced.find(s.as_str())).min() {
-            forced.truncate(cut);
-        }
+        let forced = plan.answer_template.replace("{answer}", answer);
         let content = self.chunk(json!({"content": forced}), Value::Null);
         let stop = StopInfo { checkpoint_tokens: outcome.after_tokens, answer_tokens: outcome.answer_tokens };
         let last = self.final_chunk("stop", Some(stop));

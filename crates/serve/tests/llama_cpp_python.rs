@@ -141,6 +141,15 @@ probe = {{ mode = "chatml_completions", upstream = "http://127.0.0.1:9/v1" }}
     assert!(forced.starts_with("\n\n**Final Answer**: ") && forced.len() > 20, "{forced:?}");
     assert_eq!(last["choices"][0]["finish_reason"], "stop");
 
+    // A budget needs the probed answer only at its limit: the checkpoints before it cost nothing.
+    let mut late = request.clone();
+    late["stopwise"] = json!({"policy": {"type": "budget", "max_tokens": 96}});
+    let late = stream(&proxy, &late).await;
+    let last = late.last();
+    assert_eq!(last["stopwise"]["stopped"], true, "{last}");
+    assert_eq!(last["stopwise"]["checkpoint_tokens"], 96);
+    assert_eq!(last["stopwise"]["probes"], 1, "probes were taken before the budget's limit: {last}");
+
     // Probes that fail (nothing listens on the probe port) fail open: the whole upstream stream,
     // then a chunk without choices that reports the stop that did not happen.
     let mut probe_down = request.clone();
