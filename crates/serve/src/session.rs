@@ -292,8 +292,17 @@ impl State {
         if decision == Decision::Continue {
             return None;
         }
+        // The client's max_tokens bounds the forced answer too: when it would not fit, the
+        // request goes on as if the rule had not stopped (the upstream ends at the limit anyway).
+        if plan.max_tokens.is_some_and(|max| self.tokens + outcome.answer_tokens > max) {
+            return None;
+        }
         let answer = if checkpoint.answer.is_empty() { outcome.text.trim() } else { checkpoint.answer.as_str() };
-        let forced = plan.answer_template.replace("{answer}", answer);
+        let mut forced = plan.answer_template.replace("{answer}", answer);
+        // And its stop strings: the forced answer ends before the first one, which is not sent.
+        if let Some(cut) = plan.stop.iter().filter_map(|s| forced.find(s.as_str())).min() {
+            forced.truncate(cut);
+        }
         let content = self.chunk(json!({"content": forced}), Value::Null);
         let stop = StopInfo { checkpoint_tokens: outcome.after_tokens, answer_tokens: outcome.answer_tokens };
         let last = self.final_chunk("stop", Some(stop));
