@@ -117,6 +117,10 @@ async fn chat_completions(
         (false, None) => route.policy.clone(),
     };
     let stopping = policy != PolicySpec::Never;
+    // With stopping off an HTTP upstream gets the request as is, `n` included.
+    if req.n != 1 && (stopping || route.upstream == Upstream::Embedded) {
+        return Err(ApiError::invalid("n", "only n = 1 is supported when stopwise may stop or on the embedded model"));
+    }
     let (tx, rx) = mpsc::channel(PIECE_BUFFER);
     let (producer, prober) = match &route.upstream {
         Upstream::Embedded => {

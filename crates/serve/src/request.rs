@@ -21,6 +21,8 @@ pub struct ChatRequest {
     pub top_p: Option<f32>,
     pub seed: Option<u64>,
     pub stop: Vec<String>,
+    /// Choices asked for; stopping (and the embedded engine) handle one.
+    pub n: u32,
     pub extension: Extension,
 }
 
@@ -92,9 +94,6 @@ impl ChatRequest {
             return Err(ApiError::bad_json("request body must be a JSON object"));
         };
         let fields: Fields = serde_path_to_error::deserialize(&Value::Object(raw.clone())).map_err(field_error)?;
-        if fields.n.is_some_and(|n| n != 1) {
-            return Err(ApiError::invalid("n", "only n = 1 is supported"));
-        }
         let messages = fields
             .messages
             .into_iter()
@@ -123,6 +122,7 @@ impl ChatRequest {
                 Some(Stop::One(s)) => vec![s],
                 Some(Stop::Many(v)) => v,
             },
+            n: fields.n.unwrap_or(1),
             extension,
         })
     }

@@ -163,6 +163,9 @@ async fn bad_requests_get_openai_errors_and_the_server_keeps_serving() {
     )
     .await;
     assert_eq!((status, error["param"].as_str()), (400, Some("stopwise.policy")), "{error}");
+    let (status, error) =
+        error_of(&base, r#"{"model":"default","messages":[{"role":"user","content":"x"}],"n":2}"#).await;
+    assert_eq!((status, error["param"].as_str()), (400, Some("n")), "{error}");
 }
 
 /// An upstream that answers 200 and two chunks, then drops the connection: the only way to get
