@@ -1,16 +1,11 @@
 //! The `stopwise` binary end to end on pure commands: JSON output and exit code 2 on bad input.
 #![allow(clippy::unwrap_used)]
 
-use std::process::Command;
+mod common;
 
-fn stopwise(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_stopwise")).args(args).output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
-}
+use common::{stopwise, temp_dir};
+
+use std::process::Command;
 
 #[test]
 fn score_prints_em_and_normalised_forms() {
@@ -43,12 +38,6 @@ fn bad_input_exits_2_naming_file_line_and_field() {
 
 fn recorded_traces() -> String {
     format!("{}/../../data/traces/gsm8k.jsonl", env!("CARGO_MANIFEST_DIR"))
-}
-
-fn temp_dir(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("stopwise-cli-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 #[test]
