@@ -270,6 +270,16 @@ async fn a_full_queue_is_a_429_with_retry_after() {
     assert_eq!(body["error"]["type"], "rate_limit_error", "{body}");
     waiting.abort();
     drop(running);
+    // End only once the engine is idle again (a process that exits while llama.cpp decodes can
+    // crash in its teardown): a one-token request is served once both others are cancelled.
+    let short = chat("default", QUESTION, 1, false, json!({"disable": true}));
+    for _ in 0..100 {
+        if post(&base, &short).await.status() == 200 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the engine never became free after its requests were cancelled");
 }
 
 #[tokio::test]
