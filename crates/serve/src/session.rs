@@ -223,11 +223,11 @@ impl State {
     /// The HTTP probe to launch now, if one is due and the rule needs its answer here (a budget
     /// or a log-prob window does not at most checkpoints: no probe, no cost).
     fn due_probe(&mut self) -> Option<crate::session::ProbeFuture> {
-        let (plan, _) = self.plan.as_ref()?;
-        let prober = plan.prober.clone()?;
         if self.tokens < self.next_probe_at {
             return None;
         }
+        let (plan, _) = self.plan.as_ref()?;
+        let prober = plan.prober.clone()?;
         // The next probe is due at the next multiple of the interval after this one, however
         // long this one takes: probes never queue up behind a slow upstream.
         self.next_probe_at = (self.tokens / plan.interval + 1) * plan.interval;
