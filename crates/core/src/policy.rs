@@ -156,6 +156,14 @@ impl PolicySpec {
         }
     }
 
+    /// A fingerprint of the exact setting (16 hex digits of FNV-1a over its JSON): equal
+    /// policies share it, any change of rule or threshold changes it. Served responses and
+    /// metrics carry it so that a measured outcome can be traced to the setting that caused it.
+    pub fn version(&self) -> String {
+        let json = serde_json::to_vec(self).unwrap_or_default();
+        format!("{:016x}", crate::rng::fnv1a(json))
+    }
+
     /// A short human label, e.g. `consistency(window=2)`.
     pub fn label(&self) -> String {
         match self {
@@ -447,6 +455,15 @@ impl LogprobWindow {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn version_tells_settings_apart() {
+        let a = PolicySpec::Confidence { threshold: 0.9, min_tokens: 0 };
+        assert_eq!(a.version(), a.clone().version());
+        assert_eq!(a.version().len(), 16);
+        assert_ne!(a.version(), PolicySpec::Confidence { threshold: 0.91, min_tokens: 0 }.version());
+        assert_ne!(a.version(), PolicySpec::Budget { max_tokens: 64 }.version());
+    }
 
     fn cp(tokens: u32, answer: &str, mean_prob: f32, logprob: f32) -> Checkpoint {
         Checkpoint {

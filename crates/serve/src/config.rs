@@ -31,6 +31,9 @@ pub struct Config {
     pub engine: EngineConfig,
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
+    /// The folder relative `policy_file` paths are read from: the config file's own.
+    #[serde(skip)]
+    pub base_dir: Option<PathBuf>,
 }
 
 /// The embedded engine, used by routes whose upstream is `embedded`.
@@ -53,12 +56,16 @@ pub struct EngineConfig {
 pub struct RouteConfig {
     /// The `model` clients ask for.
     pub model: String,
-    /// `embedded`, or the base URL of an OpenAI-compatible server (`http://127.0.0.1:8000/v1`).
+    /// `embedded`, or the base URL of an OpenAI-compatible server (`http://127.0.0.1:8000/v1`,
+    /// or https://).
     pub upstream: String,
     /// The model name sent upstream (default: the client's).
     pub upstream_model: Option<String>,
     /// Preset name, `never` (no stopping), JSON text or `key = value` list, or a TOML table.
     pub policy: Option<PolicyField>,
+    /// A certificate written by `stopwise calibrate` (or a policy JSON file) as the policy;
+    /// relative to this file's folder.
+    pub policy_file: Option<PathBuf>,
     /// How probed answers are extracted and compared: `text` (default), `numeric` or `math`.
     pub task: Option<Task>,
     #[serde(default)]
@@ -196,8 +203,8 @@ impl Upstream {
         if text == EMBEDDED {
             return Ok(Upstream::Embedded);
         }
-        if !text.starts_with("http://") {
-            return Err(invalid(key, format!("`{text}` is neither `embedded` nor an http:// base URL")));
+        if !(text.starts_with("http://") || text.starts_with("https://")) {
+            return Err(invalid(key, format!("`{text}` is neither `embedded` nor an http(s):// base URL")));
         }
         Ok(Upstream::Http(text.trim_end_matches('/').to_owned()))
     }
@@ -207,7 +214,9 @@ impl Config {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text =
             std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
-        Self::parse(&text).map_err(|message| ConfigError::Parse { path: path.to_owned(), message })
+        let mut config = Self::parse(&text).map_err(|message| ConfigError::Parse { path: path.to_owned(), message })?;
+        config.base_dir = path.parent().map(Path::to_owned);
+        Ok(config)
     }
 
     pub fn parse(text: &str) -> Result<Self, String> {
@@ -234,6 +243,7 @@ impl Config {
                 upstream: upstream.unwrap_or_else(|| EMBEDDED.into()),
                 upstream_model: None,
                 policy: None,
+                policy_file: None,
                 task: None,
                 probe: ProbeConfig::default(),
                 answer_template: None,
@@ -244,12 +254,17 @@ impl Config {
                 "the config file already has [[routes]]; set the upstream and model name there",
             ));
         }
+        let base_dir = self.base_dir.unwrap_or_default();
         let routes = routes
             .into_iter()
             .enumerate()
             .map(|(i, mut route)| {
-                let policy = policy.clone().map(PolicyField::Text).or(route.policy.take());
-                Route::resolve(i, route, policy)
+                // The flag or variable replaces the file's policy, whichever way the file gave it.
+                if let Some(text) = &policy {
+                    route.policy_file = None;
+                    route.policy = Some(PolicyField::Text(text.clone()));
+                }
+                Route::resolve(i, route, &base_dir)
             })
             .collect::<Result<Vec<_>, _>>()?;
         for (i, route) in routes.iter().enumerate() {
@@ -261,17 +276,39 @@ impl Config {
     }
 }
 
+/// A policy given as text: `never` (stopping off: a pure proxy; it is no preset), a file holding
+/// a certificate or policy JSON (as `--rule` elsewhere), or anything [`PolicySpec::parse`] takes.
+fn policy_from_text(text: &str) -> Result<PolicySpec, String> {
+    match text.trim() {
+        "never" => Ok(PolicySpec::Never),
+        path if Path::new(path).is_file() => policy_from_file(Path::new(path)),
+        text => PolicySpec::parse(text).map_err(|e| e.to_string()),
+    }
+}
+
+/// A certificate from `stopwise calibrate`, or a policy as JSON, read from a file.
+fn policy_from_file(path: &Path) -> Result<PolicySpec, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    stopwise_core::certify::policy_from_text(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
 impl Route {
-    fn resolve(i: usize, route: RouteConfig, policy: Option<PolicyField>) -> Result<Self, ConfigError> {
+    fn resolve(i: usize, route: RouteConfig, base_dir: &Path) -> Result<Self, ConfigError> {
         let key = |field: &str| format!("routes[{i}].{field}");
-        let policy = match policy {
-            None => PolicySpec::parse(DEFAULT_POLICY),
-            // `never` turns stopping off for the route (a pure proxy); it is no preset.
-            Some(PolicyField::Text(text)) if text.trim() == "never" => Ok(PolicySpec::Never),
-            Some(PolicyField::Text(text)) => PolicySpec::parse(&text),
-            Some(PolicyField::Table(spec)) => spec.validate().map(|()| spec),
-        }
-        .map_err(|e| invalid(key("policy"), e.to_string()))?;
+        let policy = match (route.policy, &route.policy_file) {
+            (Some(_), Some(_)) => return Err(invalid(key("policy_file"), "give `policy` or `policy_file`, not both")),
+            (None, Some(file)) => {
+                policy_from_file(&base_dir.join(file)).map_err(|why| invalid(key("policy_file"), why))?
+            }
+            (None, None) => PolicySpec::parse(DEFAULT_POLICY).map_err(|e| invalid(key("policy"), e.to_string()))?,
+            (Some(PolicyField::Text(text)), None) => {
+                policy_from_text(&text).map_err(|why| invalid(key("policy"), why))?
+            }
+            (Some(PolicyField::Table(spec)), None) => {
+                spec.validate().map_err(|e| invalid(key("policy"), e.to_string()))?;
+                spec
+            }
+        };
         let probe = route.probe;
         if probe.interval == 0 || probe.max_tokens == 0 {
             return Err(invalid(key("probe"), "interval and max_tokens must be at least 1"));
@@ -382,10 +419,38 @@ policy = "deer"
     }
 
     #[test]
+    fn a_certificate_file_is_a_route_policy() {
+        let dir = std::env::temp_dir().join(format!("stopwise-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let certificate = serde_json::json!({
+            "kind": stopwise_core::certify::CERTIFICATE_KIND, "version": 1,
+            "policy": {"type": "budget", "max_tokens": 64}, "label": "budget(64)", "epsilon": 0.2, "delta": 0.05,
+            "risk": "disagreement", "method": "ltt", "p_value": "binomial", "items": 1100, "n": 1100,
+            "empirical_risk": 0.16, "upper_bound": 0.19, "token_reduction": 0.34, "candidates": [],
+        });
+        std::fs::write(dir.join("cert.json"), certificate.to_string()).unwrap();
+        let file = dir.join("stopwise.toml");
+        std::fs::write(&file, "[[routes]]\nmodel = \"m\"\nupstream = \"embedded\"\npolicy_file = \"cert.json\"\n")
+            .unwrap();
+        // Relative to the config file's folder, wherever the server is started from.
+        let settings = Config::load(&file).unwrap().resolve(&Overrides::default(), no_env).unwrap();
+        assert_eq!(settings.routes[0].policy, PolicySpec::Budget { max_tokens: 64 });
+        // The flag names a file as well.
+        let cert = dir.join("cert.json").display().to_string();
+        let flags = Overrides { policy: Some(cert), ..Overrides::default() };
+        let settings = Config::default().resolve(&flags, no_env).unwrap();
+        assert_eq!(settings.routes[0].policy, PolicySpec::Budget { max_tokens: 64 });
+        std::fs::write(dir.join("cert.json"), "{\"kind\":\"stopwise-certificate\",\"version\":9}").unwrap();
+        let err = Config::load(&file).unwrap().resolve(&Overrides::default(), no_env).unwrap_err().to_string();
+        assert!(err.contains("routes[0].policy_file") && err.contains("cert.json"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn errors_name_the_key() {
         let err = Config::parse("listn = \"x\"").unwrap_err();
         assert!(err.contains("listn"), "{err}");
-        let config = Config::parse("[[routes]]\nmodel = \"m\"\nupstream = \"https://x\"").unwrap();
+        let config = Config::parse("[[routes]]\nmodel = \"m\"\nupstream = \"ftp://x\"").unwrap();
         let err = config.resolve(&Overrides::default(), no_env).unwrap_err().to_string();
         assert!(err.contains("routes[0].upstream"), "{err}");
         let config = Config::parse("[[routes]]\nmodel = \"m\"\nupstream = \"embedded\"\npolicy = \"nope\"").unwrap();

@@ -163,7 +163,8 @@ fn parse_policy(value: Value) -> Result<PolicySpec, ApiError> {
         Value::String(text) => text,
         other => other.to_string(),
     };
-    PolicySpec::parse(&text).map_err(|e| ApiError::invalid("stopwise.policy", e.to_string()))
+    // A certificate object works as well as a policy: clients may pass what `calibrate` wrote.
+    stopwise_core::certify::policy_from_text(&text).map_err(|e| ApiError::invalid("stopwise.policy", e.to_string()))
 }
 
 #[cfg(test)]

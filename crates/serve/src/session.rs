@@ -348,6 +348,7 @@ impl State {
             "probe_prompt_tokens": self.probe_prompt_tokens,
             "probe_completion_tokens": self.probe_completion_tokens,
             "policy": plan.policy,
+            "policy_version": plan.policy.version(),
         }))
     }
 
