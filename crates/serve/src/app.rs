@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
@@ -12,6 +12,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::{json, Map, Value};
 use stopwise_core::policy::PolicySpec;
 use stopwise_engine::Engine;
@@ -19,8 +20,9 @@ use tokio::sync::mpsc;
 
 use crate::config::{Route, Settings, Upstream, DEFAULT_MODEL_NAME};
 use crate::error::ApiError;
-use crate::http_upstream::{self, HttpProber};
-use crate::request::ChatRequest;
+use crate::http_upstream::{self, HttpProber, ProbeInput};
+use crate::metrics::{Meter, Outcome};
+use crate::request::{ClientRequest, Endpoint};
 use crate::session::{self, AbortOnDrop, StopPlan};
 use crate::sse::Frame;
 
@@ -33,6 +35,7 @@ pub struct AppState {
     engine: Option<Arc<dyn Engine>>,
     client: reqwest::Client,
     body_limit: usize,
+    metrics: PrometheusHandle,
 }
 
 impl AppState {
@@ -55,7 +58,8 @@ impl AppState {
                 routes.insert(alias.model.clone(), alias);
             }
         }
-        Ok(AppState { routes, engine, client, body_limit: settings.body_limit })
+        let metrics = crate::metrics::handle()?;
+        Ok(AppState { routes, engine, client, body_limit: settings.body_limit, metrics })
     }
 }
 
@@ -63,9 +67,11 @@ pub fn router(state: Arc<AppState>) -> Router {
     let limit = state.body_limit;
     Router::new()
         .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/completions", post(completions))
         .route("/v1/models", get(models))
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(render_metrics))
         .fallback(|| async { ApiError { status: StatusCode::NOT_FOUND, ..ApiError::bad_json("no such endpoint") } })
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
@@ -99,15 +105,35 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiEr
     Ok(Json(json!({"status": "ready"})))
 }
 
-async fn chat_completions(
-    State(state): State<Arc<AppState>>,
+async fn render_metrics(State(state): State<Arc<AppState>>) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render()).into_response()
+}
+
+async fn chat_completions(State(state): State<Arc<AppState>>, body: Result<Bytes, BytesRejection>) -> Response {
+    counted(Endpoint::Chat, complete(&state, Endpoint::Chat, body).await)
+}
+
+async fn completions(State(state): State<Arc<AppState>>, body: Result<Bytes, BytesRejection>) -> Response {
+    counted(Endpoint::Completions, complete(&state, Endpoint::Completions, body).await)
+}
+
+fn counted(endpoint: Endpoint, result: Result<Response, ApiError>) -> Response {
+    let response = result.unwrap_or_else(IntoResponse::into_response);
+    crate::metrics::http_request(endpoint.path(), response.status().as_u16());
+    response
+}
+
+async fn complete(
+    state: &Arc<AppState>,
+    endpoint: Endpoint,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let started = Instant::now();
     let body = body.map_err(|e| match e.status() {
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::too_large(state.body_limit),
         _ => ApiError::bad_json(e.body_text()),
     })?;
-    let req = ChatRequest::parse(&body)?;
+    let req = ClientRequest::parse(endpoint, &body)?;
     let route = state.routes.get(&req.model).ok_or_else(|| {
         ApiError::unknown_model(&req.model, &state.routes.keys().map(String::as_str).collect::<Vec<_>>())
     })?;
@@ -126,20 +152,22 @@ async fn chat_completions(
         Upstream::Embedded => {
             let engine = state.engine.as_deref().ok_or_else(|| ApiError::internal("no embedded engine loaded"))?;
             let handle = crate::embedded::submit(engine, &req, stopping.then_some(&route.probe))?;
-            (tokio::spawn(crate::embedded::produce(handle, route.model.clone(), tx)), None)
+            (tokio::spawn(crate::embedded::produce(handle, endpoint, route.model.clone(), tx)), None)
         }
         Upstream::Http(base) => {
             let mut upstream_body = req.raw.clone();
             if let Some(model) = &route.upstream_model {
                 upstream_body.insert("model".into(), json!(model));
             }
+            let url = format!("{base}/{}", endpoint.path());
             if !stopping && !req.stream {
-                return passthrough(&state.client, base, &upstream_body).await;
+                let meter = Meter::start(&route.model, endpoint, started);
+                return passthrough(&state.client, &url, &upstream_body, meter).await;
             }
             // Stopping needs the tokens as they come, whatever the client asked for.
             upstream_body.insert("stream".into(), json!(true));
             let prober = stopping.then(|| http_prober(&state.client, route, &upstream_body));
-            (tokio::spawn(http_upstream::stream_chat(state.client.clone(), base.clone(), upstream_body, tx)), prober)
+            (tokio::spawn(http_upstream::stream(state.client.clone(), url, upstream_body, tx)), prober)
         }
     };
     let plan = stopping.then(|| StopPlan {
@@ -147,12 +175,15 @@ async fn chat_completions(
         task: route.task,
         interval: route.probe.interval,
         answer_template: route.answer_template.clone(),
+        reasoning_open: route.probe.reasoning_open.clone(),
+        reasoning_close: route.probe.reasoning_close.clone(),
         max_tokens: req.max_tokens,
         stop: req.stop.clone(),
         prober: prober.map(|p| Arc::new(p) as Arc<dyn session::Prober>),
     });
     let (out_tx, mut out) = mpsc::channel(PIECE_BUFFER);
-    tokio::spawn(session::run(AbortOnDrop(producer), rx, plan, out_tx));
+    let meter = Meter::start(&route.model, endpoint, started);
+    tokio::spawn(session::run(AbortOnDrop(producer), rx, endpoint, plan, meter, out_tx));
     // A failure before the first frame (upstream unreachable, upstream error status) is answered
     // with its own status rather than as an event in a 200 stream.
     let first = match out.recv().await {
@@ -163,7 +194,7 @@ async fn chat_completions(
     if req.stream {
         Ok(stream_response(first, out))
     } else {
-        collect(first, out).await.map(|v| Json(v).into_response())
+        crate::shape::collect(endpoint, first, &mut out).await.map(|v| Json(v).into_response())
     }
 }
 
@@ -173,7 +204,12 @@ fn http_prober(client: &reqwest::Client, route: &Route, body: &Map<String, Value
         base: route.probe_base().unwrap_or_default().to_owned(),
         mode: route.probe.mode,
         model: body.get("model").cloned().unwrap_or(Value::Null),
-        messages: Arc::new(body.get("messages").and_then(Value::as_array).cloned().unwrap_or_default()),
+        input: match body.get("prompt") {
+            Some(prompt) => ProbeInput::Prompt(Arc::new(prompt_text(prompt))),
+            None => ProbeInput::Messages(Arc::new(
+                body.get("messages").and_then(Value::as_array).cloned().unwrap_or_default(),
+            )),
+        },
         suffix: route.probe.suffix.clone(),
         max_tokens: route.probe.max_tokens,
         timeout: Duration::from_millis(route.probe.timeout_ms),
@@ -181,15 +217,28 @@ fn http_prober(client: &reqwest::Client, route: &Route, body: &Map<String, Value
     }
 }
 
+/// The one prompt of a completions request, which parsing has checked is a string or a list of
+/// one string.
+fn prompt_text(prompt: &Value) -> String {
+    prompt.as_str().or_else(|| prompt[0].as_str()).unwrap_or_default().to_owned()
+}
+
 /// Stopping off and no stream: the upstream's own response, status and body untouched.
-async fn passthrough(client: &reqwest::Client, base: &str, body: &Map<String, Value>) -> Result<Response, ApiError> {
-    let url = format!("{base}/chat/completions");
-    let response = client.post(&url).json(body).send().await.map_err(|e| ApiError::upstream(format!("{url}: {e}")))?;
+async fn passthrough(
+    client: &reqwest::Client,
+    url: &str,
+    body: &Map<String, Value>,
+    mut meter: Meter,
+) -> Result<Response, ApiError> {
+    meter.finish(Outcome::Failed, 0, None);
+    let response = client.post(url).json(body).send().await.map_err(|e| ApiError::upstream(format!("{url}: {e}")))?;
     let status = response.status();
     let bytes = response.bytes().await.map_err(|e| ApiError::upstream(format!("{url}: {e}")))?;
     if !status.is_success() {
         return Err(ApiError::from_upstream(status.as_u16(), &String::from_utf8_lossy(&bytes)));
     }
+    let usage = serde_json::from_slice::<Value>(&bytes).ok().and_then(|v| v["usage"]["completion_tokens"].as_u64());
+    meter.finish(Outcome::Completed, usage.unwrap_or(0) as u32, None);
     Ok(([(header::CONTENT_TYPE, "application/json")], bytes).into_response())
 }
 
@@ -203,53 +252,4 @@ fn stream_response(first: Frame, out: mpsc::Receiver<Frame>) -> Response {
     });
     ([(header::CONTENT_TYPE, "text/event-stream"), (header::CACHE_CONTROL, "no-cache")], Body::from_stream(frames))
         .into_response()
-}
-
-/// Folds the stream into one `chat.completion` object for a client that did not ask to stream.
-async fn collect(first: Frame, mut out: mpsc::Receiver<Frame>) -> Result<Value, ApiError> {
-    let mut content = String::new();
-    let mut reasoning = String::new();
-    let mut last = Value::Null;
-    let (mut finish_reason, mut usage, mut extension) = (Value::Null, Value::Null, Value::Null);
-    let mut next = Some(first);
-    loop {
-        let current = match next.take() {
-            Some(frame) => frame,
-            None => out.recv().await.ok_or_else(|| ApiError::internal("the stream ended without [DONE]"))?,
-        };
-        match current {
-            Frame::Data(data) => {
-                let chunk: Value = serde_json::from_str(&data)
-                    .map_err(|e| ApiError::upstream(format!("the upstream sent a chunk that is not JSON: {e}")))?;
-                let choice = &chunk["choices"][0];
-                content.push_str(choice["delta"]["content"].as_str().unwrap_or_default());
-                reasoning.push_str(choice["delta"]["reasoning_content"].as_str().unwrap_or_default());
-                for (slot, value) in [
-                    (&mut finish_reason, &choice["finish_reason"]),
-                    (&mut usage, &chunk["usage"]),
-                    (&mut extension, &chunk["stopwise"]),
-                ] {
-                    if !value.is_null() {
-                        *slot = value.clone();
-                    }
-                }
-                last = chunk;
-            }
-            Frame::Error(e) => return Err(e),
-            Frame::Done => break,
-        }
-    }
-    let mut message = json!({"role": "assistant", "content": content});
-    if !reasoning.is_empty() {
-        message["reasoning_content"] = json!(reasoning);
-    }
-    let mut response = json!({
-        "id": last["id"], "object": "chat.completion", "created": last["created"], "model": last["model"],
-        "choices": [{"index": 0, "message": message, "logprobs": null, "finish_reason": finish_reason}],
-        "usage": usage,
-    });
-    if !extension.is_null() {
-        response["stopwise"] = extension;
-    }
-    Ok(response)
 }

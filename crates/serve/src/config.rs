@@ -101,6 +101,12 @@ pub struct ProbeConfig {
     /// Where HTTP probes go (default: the route's upstream). Servers that run one request at a
     /// time (llama-cpp-python) need a second instance here, or the probe waits for the stream.
     pub upstream: Option<String>,
+    /// Reasoning models that stream their reasoning apart (`reasoning_content`): the probe puts
+    /// it back between these, closing the block so that the model answers.
+    #[serde(default = "default_reasoning_open")]
+    pub reasoning_open: String,
+    #[serde(default = "default_reasoning_close")]
+    pub reasoning_close: String,
     /// `chatml_completions` only: the system message the upstream's chat template adds when the
     /// request has none, so that the probe's prompt matches the stream's.
     pub default_system: Option<String>,
@@ -115,6 +121,8 @@ impl Default for ProbeConfig {
             timeout_ms: default_timeout_ms(),
             mode: ProbeMode::default(),
             upstream: None,
+            reasoning_open: default_reasoning_open(),
+            reasoning_close: default_reasoning_close(),
             default_system: None,
         }
     }
@@ -144,6 +152,12 @@ fn default_probe_max_tokens() -> u32 {
 }
 fn default_timeout_ms() -> u64 {
     10_000
+}
+fn default_reasoning_open() -> String {
+    "<think>\n".into()
+}
+fn default_reasoning_close() -> String {
+    "\n</think>\n\n".into()
 }
 
 /// Overrides from flags; each wins over its `STOPWISE_*` variable, which wins over the file.

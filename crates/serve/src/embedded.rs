@@ -2,23 +2,31 @@
 //! reports through an async handle, so nothing here blocks the runtime; it probes between two
 //! tokens itself (KV-cache rollback), so its probes cost no second request.
 
-use serde_json::json;
+use serde_json::Value;
 use stopwise_engine::{Engine, EngineError, Event, FinishReason, ProbePlan, Prompt, Request, RequestHandle, Sampling};
 use tokio::sync::mpsc;
 
 use crate::config::ProbeConfig;
 use crate::error::ApiError;
-use crate::request::ChatRequest;
+use crate::request::{ClientRequest, Endpoint, Input};
 use crate::session::{new_id, now, Head, Piece, ProbeOutcome};
+use crate::shape;
 
 /// Generated tokens when the client sets no `max_tokens`.
 pub const DEFAULT_MAX_TOKENS: u32 = 1024;
 
 /// Starts the request on the engine; errors here (queue full, bad sampling values, prompt too
 /// long) are answered before any stream starts.
-pub fn submit(engine: &dyn Engine, req: &ChatRequest, probe: Option<&ProbeConfig>) -> Result<RequestHandle, ApiError> {
+pub fn submit(
+    engine: &dyn Engine,
+    req: &ClientRequest,
+    probe: Option<&ProbeConfig>,
+) -> Result<RequestHandle, ApiError> {
     let request = Request {
-        prompt: Prompt::Chat(req.messages.clone()),
+        prompt: match &req.input {
+            Input::Messages(messages) => Prompt::Chat(messages.clone()),
+            Input::Prompt(prompt) => Prompt::Raw(prompt.clone()),
+        },
         max_tokens: req.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
         sampling: Sampling {
             // OpenAI's defaults.
@@ -29,14 +37,18 @@ pub fn submit(engine: &dyn Engine, req: &ChatRequest, probe: Option<&ProbeConfig
         stop: req.stop.clone(),
         probe: probe.map(|p| ProbePlan { suffix: p.suffix.clone(), max_tokens: p.max_tokens, interval: p.interval }),
     };
+    let input_field = match req.endpoint {
+        Endpoint::Chat => "messages",
+        Endpoint::Completions => "prompt",
+    };
     engine.submit(request).map_err(|e| match e {
         EngineError::Busy { .. } => ApiError::busy(e.to_string()),
         EngineError::InvalidRequest(why) => {
-            let param = ["temperature", "top_p", "stop"].into_iter().find(|p| why.contains(p)).unwrap_or("messages");
+            let param = ["temperature", "top_p", "stop"].into_iter().find(|p| why.contains(p)).unwrap_or(input_field);
             ApiError::invalid(param, why)
         }
         EngineError::PromptTooLong { .. } => {
-            ApiError { code: Some("context_length_exceeded".into()), ..ApiError::invalid("messages", e.to_string()) }
+            ApiError { code: Some("context_length_exceeded".into()), ..ApiError::invalid(input_field, e.to_string()) }
         }
         EngineError::Stopped => ApiError::unavailable(e.to_string()),
         other => ApiError::internal(other.to_string()),
@@ -44,18 +56,13 @@ pub fn submit(engine: &dyn Engine, req: &ChatRequest, probe: Option<&ProbeConfig
 }
 
 /// Turns the engine's events into pieces, building OpenAI chunks for the tokens.
-pub async fn produce(mut handle: RequestHandle, model: String, tx: mpsc::Sender<Piece>) {
+pub async fn produce(mut handle: RequestHandle, endpoint: Endpoint, model: String, tx: mpsc::Sender<Piece>) {
     let head = Head { id: new_id(), created: now(), model };
-    let chunk = |delta: serde_json::Value| {
-        json!({
-            "id": head.id, "object": "chat.completion.chunk", "created": head.created, "model": head.model,
-            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": null}],
-        })
-        .to_string()
-    };
+    let chunk = |text: &str, first: bool| shape::chunk(endpoint, &head, Some(text), first, Value::Null).to_string();
     let first = Piece::Chunk {
-        data: chunk(json!({"role": "assistant", "content": ""})),
+        data: chunk("", true),
         text: String::new(),
+        reasoning: String::new(),
         tokens: 0,
         logprob: Some(0.0),
         entropy: Some(0.0),
@@ -67,8 +74,9 @@ pub async fn produce(mut handle: RequestHandle, model: String, tx: mpsc::Sender<
         let piece = match event {
             Event::Started { prompt_tokens } => Piece::PromptTokens(prompt_tokens),
             Event::Token { text, logprob, entropy } => Piece::Chunk {
-                data: chunk(json!({"content": text})),
+                data: chunk(&text, false),
                 text,
+                reasoning: String::new(),
                 tokens: 1,
                 logprob: Some(f64::from(logprob)),
                 entropy: Some(f64::from(entropy)),

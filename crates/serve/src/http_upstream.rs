@@ -11,11 +11,13 @@ use tokio::sync::mpsc;
 use crate::config::ProbeMode;
 use crate::error::ApiError;
 use crate::session::{Head, Piece, ProbeFuture, ProbeOutcome, Prober};
+use crate::shape::delta_text;
 use crate::sse::SseParser;
 
-/// POSTs `body` to `{base}/chat/completions` and reports the streamed chunks as pieces.
-pub async fn stream_chat(client: reqwest::Client, base: String, body: Map<String, Value>, tx: mpsc::Sender<Piece>) {
-    let failed = match stream_chat_inner(&client, &base, &body, &tx).await {
+/// POSTs `body` to `url` (an upstream's chat or completions endpoint) and reports the streamed
+/// chunks as pieces.
+pub async fn stream(client: reqwest::Client, url: String, body: Map<String, Value>, tx: mpsc::Sender<Piece>) {
+    let failed = match stream_inner(&client, &url, &body, &tx).await {
         Ok(()) => return,
         Err(e) => e,
     };
@@ -23,14 +25,13 @@ pub async fn stream_chat(client: reqwest::Client, base: String, body: Map<String
     let _ = tx.send(Piece::Failed(failed)).await;
 }
 
-async fn stream_chat_inner(
+async fn stream_inner(
     client: &reqwest::Client,
-    base: &str,
+    url: &str,
     body: &Map<String, Value>,
     tx: &mpsc::Sender<Piece>,
 ) -> Result<(), ApiError> {
-    let url = format!("{base}/chat/completions");
-    let response = client.post(&url).json(body).send().await.map_err(|e| ApiError::upstream(format!("{url}: {e}")))?;
+    let response = client.post(url).json(body).send().await.map_err(|e| ApiError::upstream(format!("{url}: {e}")))?;
     let status = response.status();
     if !status.is_success() {
         let text = response.text().await.unwrap_or_default();
@@ -74,20 +75,30 @@ async fn stream_chat_inner(
     Err(ApiError::upstream("the upstream closed the stream before `data: [DONE]`"))
 }
 
-/// What one upstream chunk adds. A chunk with content counts as one token unless it carries
+/// What one upstream chunk adds. A chunk with text counts as one token unless it carries
 /// per-token log-probs (servers stream one token per chunk; vLLM may merge several, and then
-/// lists their log-probs when asked).
+/// lists their log-probs when asked): chat's `logprobs.content[].logprob`, or legacy
+/// completions' `logprobs.token_logprobs[]`.
 fn chunk_piece(chunk: &Value, data: String) -> Piece {
-    let choice = &chunk["choices"][0];
-    let delta = &choice["delta"];
-    let text: String = ["reasoning_content", "content"].iter().filter_map(|k| delta[*k].as_str()).collect();
-    let logprobs = choice["logprobs"]["content"].as_array();
-    let tokens = match logprobs {
-        Some(list) if !list.is_empty() => list.len() as u32,
-        _ => u32::from(!text.is_empty()),
+    let (text, reasoning) = delta_text(chunk);
+    let logprobs = &chunk["choices"][0]["logprobs"];
+    let logprobs: Option<Vec<f64>> = match logprobs["content"].as_array() {
+        Some(list) => Some(list.iter().filter_map(|t| t["logprob"].as_f64()).collect()),
+        None => logprobs["token_logprobs"].as_array().map(|list| list.iter().filter_map(Value::as_f64).collect()),
     };
-    let logprob = logprobs.map(|list| list.iter().filter_map(|t| t["logprob"].as_f64()).sum());
-    Piece::Chunk { data, text, tokens, logprob, entropy: None }
+    let tokens = match &logprobs {
+        Some(list) if !list.is_empty() => list.len() as u32,
+        _ => u32::from(!text.is_empty() || !reasoning.is_empty()),
+    };
+    let logprob = logprobs.map(|list| list.iter().sum());
+    Piece::Chunk { data, text, reasoning, tokens, logprob, entropy: None }
+}
+
+/// What a probe continues: the request's conversation, or its raw prompt.
+#[derive(Debug, Clone)]
+pub enum ProbeInput {
+    Messages(Arc<Vec<Value>>),
+    Prompt(Arc<String>),
 }
 
 /// Probes through an HTTP upstream, with the conversation of one request.
@@ -96,7 +107,7 @@ pub struct HttpProber {
     pub base: String,
     pub mode: ProbeMode,
     pub model: Value,
-    pub messages: Arc<Vec<Value>>,
+    pub input: ProbeInput,
     pub suffix: String,
     pub max_tokens: u32,
     pub timeout: Duration,
@@ -105,9 +116,9 @@ pub struct HttpProber {
 
 impl Prober for HttpProber {
     fn probe(&self, partial: String, after_tokens: u32) -> ProbeFuture {
-        let (url, body) = match self.mode {
-            ProbeMode::ContinueFinalMessage => {
-                let mut messages = (*self.messages).clone();
+        let (url, body) = match (&self.input, self.mode) {
+            (ProbeInput::Messages(messages), ProbeMode::ContinueFinalMessage) => {
+                let mut messages = (**messages).clone();
                 messages.push(json!({"role": "assistant", "content": format!("{partial}{}", self.suffix)}));
                 let body = json!({
                     "model": self.model, "messages": messages, "max_tokens": self.max_tokens,
@@ -116,8 +127,14 @@ impl Prober for HttpProber {
                 });
                 (format!("{}/chat/completions", self.base), body)
             }
-            ProbeMode::ChatmlCompletions => {
-                let prompt = chatml(&self.messages, self.default_system.as_deref(), &partial, &self.suffix);
+            // A raw prompt is simply continued; a conversation is rendered as ChatML.
+            (input, _) => {
+                let prompt = match input {
+                    ProbeInput::Prompt(prompt) => format!("{prompt}{partial}{}", self.suffix),
+                    ProbeInput::Messages(messages) => {
+                        chatml(messages, self.default_system.as_deref(), &partial, &self.suffix)
+                    }
+                };
                 let body = json!({
                     "model": self.model, "prompt": prompt, "max_tokens": self.max_tokens,
                     "temperature": 0, "logprobs": 1, "stream": false,

@@ -16,8 +16,10 @@ pub mod config;
 pub mod embedded;
 pub mod error;
 pub mod http_upstream;
+pub mod metrics;
 pub mod request;
 pub mod session;
+pub mod shape;
 pub mod sse;
 
 use std::sync::Arc;

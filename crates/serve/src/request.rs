@@ -1,5 +1,6 @@
-//! The client's chat-completion request: checked field by field (so a bad one gets a 400 naming the
-//! field), while the raw JSON object is kept whole so that every parameter reaches the upstream.
+//! The client's request to `/v1/chat/completions` or `/v1/completions`: checked field by field (so
+//! a bad one gets a 400 naming the field), while the raw JSON object is kept whole so that every
+//! parameter reaches the upstream.
 
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -8,13 +9,38 @@ use stopwise_engine::ChatMessage;
 
 use crate::error::ApiError;
 
+/// Which OpenAI endpoint, and so which response shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Chat,
+    Completions,
+}
+
+impl Endpoint {
+    /// The path under an upstream's base URL.
+    pub fn path(self) -> &'static str {
+        match self {
+            Endpoint::Chat => "chat/completions",
+            Endpoint::Completions => "completions",
+        }
+    }
+}
+
+/// What the model continues: a conversation, or a raw prompt.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Input {
+    Messages(Vec<ChatMessage>),
+    Prompt(String),
+}
+
 /// The request, as the upstream will see it (the `stopwise` extension removed), plus the fields
 /// stopwise itself reads.
 #[derive(Debug, Clone)]
-pub struct ChatRequest {
+pub struct ClientRequest {
     pub raw: Map<String, Value>,
+    pub endpoint: Endpoint,
     pub model: String,
-    pub messages: Vec<ChatMessage>,
+    pub input: Input,
     pub stream: bool,
     pub max_tokens: Option<u32>,
     pub temperature: Option<f32>,
@@ -33,10 +59,14 @@ pub struct Extension {
     pub disable: bool,
 }
 
+/// `max_tokens` of a `/v1/completions` request that sets none (OpenAI's documented default).
+pub const LEGACY_COMPLETIONS_MAX_TOKENS: u32 = 16;
+
 #[derive(Deserialize)]
 struct Fields {
     model: String,
-    messages: Vec<Message>,
+    messages: Option<Vec<Message>>,
+    prompt: Option<PromptField>,
     #[serde(default)]
     stream: Option<bool>,
     max_tokens: Option<u32>,
@@ -71,6 +101,15 @@ struct Part {
     text: Option<String>,
 }
 
+/// OpenAI also takes a list of prompts and token arrays; one text prompt is what stopping (and the
+/// embedded engine) can follow.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum PromptField {
+    Text(String),
+    Many(Vec<Value>),
+}
+
 #[derive(Deserialize)]
 #[serde(untagged)]
 enum Stop {
@@ -86,34 +125,58 @@ struct ExtensionFields {
     disable: bool,
 }
 
-impl ChatRequest {
-    pub fn parse(body: &[u8]) -> Result<Self, ApiError> {
+impl ClientRequest {
+    pub fn parse(endpoint: Endpoint, body: &[u8]) -> Result<Self, ApiError> {
         let value: Value =
             serde_json::from_slice(body).map_err(|e| ApiError::bad_json(format!("request body is not JSON: {e}")))?;
         let Value::Object(mut raw) = value else {
             return Err(ApiError::bad_json("request body must be a JSON object"));
         };
         let fields: Fields = serde_path_to_error::deserialize(&Value::Object(raw.clone())).map_err(field_error)?;
-        let messages = fields
-            .messages
-            .into_iter()
-            .enumerate()
-            .map(|(i, m)| Ok(ChatMessage::new(m.role, text_of(i, m.content)?)))
-            .collect::<Result<Vec<_>, ApiError>>()?;
-        if messages.is_empty() {
-            return Err(ApiError::invalid("messages", "must hold at least one message"));
-        }
+        let input = match endpoint {
+            Endpoint::Chat => {
+                let messages = fields
+                    .messages
+                    .ok_or_else(|| ApiError::invalid("messages", "field `messages`: missing field `messages`"))?
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, m)| Ok(ChatMessage::new(m.role, text_of(i, m.content)?)))
+                    .collect::<Result<Vec<_>, ApiError>>()?;
+                if messages.is_empty() {
+                    return Err(ApiError::invalid("messages", "must hold at least one message"));
+                }
+                Input::Messages(messages)
+            }
+            Endpoint::Completions => Input::Prompt(match fields.prompt {
+                None => return Err(ApiError::invalid("prompt", "field `prompt`: missing field `prompt`")),
+                Some(PromptField::Text(text)) => text,
+                Some(PromptField::Many(mut items)) => match (items.len(), items.pop()) {
+                    (1, Some(Value::String(text))) => text,
+                    _ => {
+                        return Err(ApiError::invalid(
+                            "prompt",
+                            "send one prompt as a string (lists of prompts and token arrays are not supported)",
+                        ))
+                    }
+                },
+            }),
+        };
         raw.remove("stopwise");
         let extension = match fields.stopwise {
             None => Extension::default(),
             Some(ext) => Extension { policy: ext.policy.map(parse_policy).transpose()?, disable: ext.disable },
         };
-        Ok(ChatRequest {
+        Ok(ClientRequest {
             raw,
+            endpoint,
             model: fields.model,
-            messages,
+            input,
             stream: fields.stream.unwrap_or(false),
-            max_tokens: fields.max_completion_tokens.or(fields.max_tokens),
+            // OpenAI's legacy completions stop at 16 tokens when the client sets no limit.
+            max_tokens: fields
+                .max_completion_tokens
+                .or(fields.max_tokens)
+                .or((endpoint == Endpoint::Completions).then_some(LEGACY_COMPLETIONS_MAX_TOKENS)),
             temperature: fields.temperature,
             top_p: fields.top_p,
             seed: fields.seed,
@@ -175,7 +238,7 @@ mod tests {
     fn keeps_every_parameter_but_the_extension() {
         let body = br#"{"model":"m","messages":[{"role":"user","content":"hi"}],"logit_bias":{"1":2},
             "stream":true,"stop":"x","stopwise":{"policy":{"type":"budget","max_tokens":8}}}"#;
-        let req = ChatRequest::parse(body).unwrap();
+        let req = ClientRequest::parse(Endpoint::Chat, body).unwrap();
         assert!(req.raw.contains_key("logit_bias") && !req.raw.contains_key("stopwise"));
         assert_eq!(req.stop, vec!["x".to_owned()]);
         assert_eq!(req.extension.policy, Some(PolicySpec::Budget { max_tokens: 8 }));
@@ -184,7 +247,7 @@ mod tests {
 
     #[test]
     fn errors_name_the_field() {
-        let param = |body: &[u8]| ChatRequest::parse(body).unwrap_err().param;
+        let param = |body: &[u8]| ClientRequest::parse(Endpoint::Chat, body).unwrap_err().param;
         assert_eq!(param(br#"{"messages":[]}"#).as_deref(), Some("model"));
         assert_eq!(param(br#"{"model":"m","messages":[{"content":"x"}]}"#).as_deref(), Some("messages[0].role"));
         assert_eq!(
@@ -196,13 +259,31 @@ mod tests {
                 .as_deref(),
             Some("stopwise.policy")
         );
-        let err = ChatRequest::parse(b"{not json").unwrap_err();
+        let err = ClientRequest::parse(Endpoint::Chat, b"{not json").unwrap_err();
         assert_eq!((err.status.as_u16(), err.param), (400, None));
     }
 
     #[test]
     fn text_parts_are_joined() {
         let body = br#"{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"a"},{"type":"text","text":"b"}]}]}"#;
-        assert_eq!(ChatRequest::parse(body).unwrap().messages[0].content, "ab");
+        let Input::Messages(messages) = ClientRequest::parse(Endpoint::Chat, body).unwrap().input else {
+            panic!("a chat request has messages")
+        };
+        assert_eq!(messages[0].content, "ab");
+    }
+
+    #[test]
+    fn completions_take_one_prompt_and_default_to_16_tokens() {
+        let parse = |body: &[u8]| ClientRequest::parse(Endpoint::Completions, body);
+        let req = parse(br#"{"model":"m","prompt":"Once"}"#).unwrap();
+        assert_eq!((req.input, req.max_tokens), (Input::Prompt("Once".into()), Some(LEGACY_COMPLETIONS_MAX_TOKENS)));
+        assert_eq!(parse(br#"{"model":"m","prompt":["Once"],"max_tokens":5}"#).unwrap().max_tokens, Some(5));
+        let param = |body: &[u8]| parse(body).unwrap_err().param;
+        assert_eq!(param(br#"{"model":"m"}"#).as_deref(), Some("prompt"));
+        assert_eq!(param(br#"{"model":"m","prompt":[[1,2]]}"#).as_deref(), Some("prompt"));
+        assert_eq!(param(br#"{"model":"m","prompt":7}"#).as_deref(), Some("prompt"));
+        // A chat request still needs its messages.
+        let err = ClientRequest::parse(Endpoint::Chat, br#"{"model":"m","prompt":"x"}"#).unwrap_err();
+        assert_eq!(err.param.as_deref(), Some("messages"));
     }
 }

@@ -9,6 +9,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Instant;
 
 use serde_json::{json, Value};
 use stopwise_core::answer::{self, Task};
@@ -18,6 +19,9 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::error::ApiError;
+use crate::metrics::{Meter, Outcome};
+use crate::request::Endpoint;
+pub use crate::shape::Head;
 use crate::sse::Frame;
 
 /// What an upstream reports while it generates.
@@ -25,11 +29,13 @@ use crate::sse::Frame;
 pub enum Piece {
     /// The chunk identity that stopwise's own chunks must share.
     Head(Head),
-    /// A chunk for the client. `data` is relayed as is; `text` is the content it adds, `tokens`
-    /// the generated tokens it stands for, `logprob` their summed log-probability when known.
+    /// A chunk for the client. `data` is relayed as is; `text` is the answer text it adds and
+    /// `reasoning` the reasoning text (reasoning models), `tokens` the generated tokens it stands
+    /// for, `logprob` their summed log-probability when known.
     Chunk {
         data: String,
         text: String,
+        reasoning: String,
         tokens: u32,
         logprob: Option<f64>,
         entropy: Option<f64>,
@@ -44,13 +50,6 @@ pub enum Piece {
     /// The upstream's stream ended (`[DONE]`), its own final chunks already relayed.
     Done,
     Failed(ApiError),
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Head {
-    pub id: String,
-    pub created: u64,
-    pub model: String,
 }
 
 /// A probed answer and what it cost.
@@ -82,6 +81,10 @@ pub struct StopPlan {
     pub task: Task,
     pub interval: u32,
     pub answer_template: String,
+    /// Around the reasoning of a model that streams it apart (`reasoning_content`), so that a
+    /// probe continues the same text the model's chat template would show it.
+    pub reasoning_open: String,
+    pub reasoning_close: String,
     /// The client's `max_tokens` and `stop`, which bound the forced answer as well.
     pub max_tokens: Option<u32>,
     pub stop: Vec<String>,
@@ -101,10 +104,12 @@ impl<T> Drop for AbortOnDrop<T> {
 pub async fn run(
     producer: AbortOnDrop<()>,
     mut pieces: mpsc::Receiver<Piece>,
+    endpoint: Endpoint,
     plan: Option<StopPlan>,
+    meter: Meter,
     out: mpsc::Sender<Frame>,
 ) {
-    let mut state = State::new(plan);
+    let mut state = State::new(endpoint, plan, meter);
     let mut probe: Option<AbortOnDrop<Result<ProbeOutcome, String>>> = None;
     loop {
         let event = tokio::select! {
@@ -116,8 +121,8 @@ pub async fn run(
             probe = None;
         }
         let frames = match event {
-            Event::Piece(Some(Piece::Chunk { data, text, tokens, logprob, entropy })) => {
-                state.add(&text, tokens, logprob, entropy);
+            Event::Piece(Some(Piece::Chunk { data, text, reasoning, tokens, logprob, entropy })) => {
+                state.add(&text, &reasoning, tokens, logprob, entropy);
                 if probe.is_none() {
                     probe = state.due_probe().map(|future| AbortOnDrop(tokio::spawn(future)));
                 }
@@ -146,13 +151,21 @@ pub async fn run(
                 continue;
             }
             Event::Piece(Some(Piece::Finished { finish_reason })) => {
+                state.meter.finish(Outcome::Completed, state.tokens, None);
                 vec![Frame::Data(state.final_chunk(finish_reason, None).to_string()), Frame::Done]
             }
             Event::Piece(Some(Piece::Done)) => {
+                state.meter.finish(Outcome::Completed, state.tokens, None);
                 state.extension_chunk().map(|c| Frame::Data(c.to_string())).into_iter().chain([Frame::Done]).collect()
             }
-            Event::Piece(Some(Piece::Failed(e))) => vec![Frame::Error(e)],
-            Event::Piece(None) => vec![Frame::Error(ApiError::upstream("the upstream ended without finishing"))],
+            Event::Piece(Some(Piece::Failed(e))) => {
+                state.meter.finish(Outcome::Failed, state.tokens, None);
+                vec![Frame::Error(e)]
+            }
+            Event::Piece(None) => {
+                state.meter.finish(Outcome::Failed, state.tokens, None);
+                vec![Frame::Error(ApiError::upstream("the upstream ended without finishing"))]
+            }
         };
         let last = matches!(frames.last(), Some(Frame::Done | Frame::Error(_)));
         for frame in frames {
@@ -175,10 +188,13 @@ enum Event {
 }
 
 struct State {
+    endpoint: Endpoint,
     plan: Option<(StopPlan, Rule)>,
     head: Option<Head>,
     prompt_tokens: Option<u32>,
+    /// The answer text so far, and the reasoning text of a model that streams it apart.
     text: String,
+    reasoning: String,
     tokens: u32,
     next_probe_at: u32,
     /// Log-prob and entropy sums since the last checkpoint; `None` once any chunk lacked them.
@@ -186,14 +202,17 @@ struct State {
     probe_prompt_tokens: Option<u32>,
     probe_completion_tokens: u32,
     probes: u32,
-    /// The checkpoint whose HTTP probe is in flight, as generation alone describes it.
-    pending: Option<Checkpoint>,
+    /// The checkpoint whose HTTP probe is in flight, as generation alone describes it, and when
+    /// the probe was sent.
+    pending: Option<(Checkpoint, Instant)>,
+    meter: Meter,
 }
 
 impl State {
-    fn new(plan: Option<StopPlan>) -> Self {
+    fn new(endpoint: Endpoint, plan: Option<StopPlan>, meter: Meter) -> Self {
         let next_probe_at = plan.as_ref().map_or(u32::MAX, |p| p.interval);
         State {
+            endpoint,
             plan: plan.map(|p| {
                 let rule = p.policy.start(p.task);
                 (p, rule)
@@ -201,6 +220,7 @@ impl State {
             head: None,
             prompt_tokens: None,
             text: String::new(),
+            reasoning: String::new(),
             tokens: 0,
             next_probe_at,
             segment: (0, Some(0.0), Some(0.0)),
@@ -208,12 +228,17 @@ impl State {
             probe_completion_tokens: 0,
             probes: 0,
             pending: None,
+            meter,
         }
     }
 
-    fn add(&mut self, text: &str, tokens: u32, logprob: Option<f64>, entropy: Option<f64>) {
+    fn add(&mut self, text: &str, reasoning: &str, tokens: u32, logprob: Option<f64>, entropy: Option<f64>) {
         self.text.push_str(text);
+        self.reasoning.push_str(reasoning);
         self.tokens += tokens;
+        if !text.is_empty() || !reasoning.is_empty() {
+            self.meter.text(self.tokens);
+        }
         let (n, lp, ent) = &mut self.segment;
         *n += tokens;
         *lp = lp.zip(logprob).map(|(a, b)| a + b);
@@ -238,8 +263,19 @@ impl State {
             rule.decide(&checkpoint);
             return None;
         }
-        self.pending = Some(checkpoint);
-        Some(prober.probe(self.text.clone(), self.tokens))
+        self.pending = Some((checkpoint, Instant::now()));
+        Some(prober.probe(self.partial(), self.tokens))
+    }
+
+    /// The generated text as the model sees it: reasoning streamed apart goes back inside its
+    /// block, which a probe closes so that the model answers.
+    fn partial(&self) -> String {
+        match &self.plan {
+            Some((plan, _)) if !self.reasoning.is_empty() => {
+                format!("{}{}{}{}", plan.reasoning_open, self.reasoning, plan.reasoning_close, self.text)
+            }
+            _ => self.text.clone(),
+        }
     }
 
     /// A checkpoint at `tokens` carrying the log-prob and entropy of the segment since the last
@@ -262,7 +298,8 @@ impl State {
 
     /// A probe in flight failed: the rule sees the checkpoint without an answer.
     fn probe_failed(&mut self) {
-        if let (Some(checkpoint), Some((_, rule))) = (self.pending.take(), self.plan.as_mut()) {
+        if let (Some((checkpoint, sent)), Some((_, rule))) = (self.pending.take(), self.plan.as_mut()) {
+            self.meter.probe(false, None, 0, Some(sent.elapsed()));
             rule.decide(&checkpoint);
         }
     }
@@ -276,8 +313,14 @@ impl State {
         // An HTTP probe was asked for at launch; the embedded engine probes every interval
         // itself, so its checkpoints go through both steps here.
         let (asked, skeleton) = match self.pending.take() {
-            Some(checkpoint) => (true, checkpoint),
-            None => (false, self.take_segment(outcome.after_tokens)),
+            Some((checkpoint, sent)) => {
+                self.meter.probe(true, outcome.prompt_tokens, outcome.completion_tokens, Some(sent.elapsed()));
+                (true, checkpoint)
+            }
+            None => {
+                self.meter.probe(true, None, outcome.completion_tokens, None);
+                (false, self.take_segment(outcome.after_tokens))
+            }
         };
         let (plan, rule) = self.plan.as_mut()?;
         let checkpoint = Checkpoint {
@@ -299,30 +342,30 @@ impl State {
         }
         let answer = if checkpoint.answer.is_empty() { outcome.text.trim() } else { checkpoint.answer.as_str() };
         let mut forced = plan.answer_template.replace("{answer}", answer);
+        if !self.reasoning.is_empty() && self.text.is_empty() {
+            // Still inside the reasoning of a model that streams it apart: the answer becomes the
+            // message's content, which that field keeps apart, so no separating blank line.
+            forced = forced.trim_start().to_owned();
+        }
         // And its stop strings: the forced answer ends before the first one, which is not sent.
         if let Some(cut) = plan.stop.iter().filter_map(|s| forced.find(s.as_str())).min() {
             forced.truncate(cut);
         }
-        let content = self.chunk(json!({"content": forced}), Value::Null);
+        let content = self.chunk(Some(&forced), Value::Null);
+        self.meter.finish(Outcome::Stopped, self.tokens + outcome.answer_tokens, Some(outcome.after_tokens));
         let stop = StopInfo { checkpoint_tokens: outcome.after_tokens, answer_tokens: outcome.answer_tokens };
         let last = self.final_chunk("stop", Some(stop));
         Some(vec![Frame::Data(content.to_string()), Frame::Data(last.to_string()), Frame::Done])
     }
 
-    fn chunk(&self, delta: Value, finish_reason: Value) -> Value {
+    fn chunk(&self, text: Option<&str>, finish_reason: Value) -> Value {
         let head = self.head.clone().unwrap_or_else(|| Head { id: new_id(), created: now(), model: String::new() });
-        json!({
-            "id": head.id,
-            "object": "chat.completion.chunk",
-            "created": head.created,
-            "model": head.model,
-            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish_reason}],
-        })
+        crate::shape::chunk(self.endpoint, &head, text, false, finish_reason)
     }
 
     /// The last chunk: finish reason, usage of what the client received, and the extension.
     fn final_chunk(&self, finish_reason: &str, stop: Option<StopInfo>) -> Value {
-        let mut chunk = self.chunk(json!({}), json!(finish_reason));
+        let mut chunk = self.chunk(None, json!(finish_reason));
         // The forced answer is counted with the tokens the probe decoded for it; the template's
         // own few tokens are not measured and not counted.
         let completion = self.tokens + stop.as_ref().map_or(0, |s| s.answer_tokens);
@@ -355,7 +398,7 @@ impl State {
     /// After an HTTP upstream's own last chunk, when stopping was on but did not stop: a chunk
     /// with no choices (as OpenAI's usage chunk) that reports what the probes cost.
     fn extension_chunk(&self) -> Option<Value> {
-        let mut chunk = self.chunk(json!({}), Value::Null);
+        let mut chunk = self.chunk(None, Value::Null);
         chunk["choices"] = json!([]);
         chunk["stopwise"] = self.extension(None)?;
         Some(chunk)

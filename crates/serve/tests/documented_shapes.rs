@@ -1,0 +1,192 @@
+//! The proxy against streams no local server produces: vLLM's and SGLang's reasoning models
+//! (`reasoning_content`, later `reasoning`), usage chunks and `continue_final_message` probes.
+//! The upstream is a real HTTP server replaying fixtures written from those projects' API
+//! documentation (tests/fixtures/README.md says where each shape comes from).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post as post_route;
+use axum::{Json, Router};
+use common::*;
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+
+const FIXTURES: [&str; 3] =
+    ["vllm-0.10-reasoning_content.jsonl", "vllm-0.11-reasoning.jsonl", "sglang-reasoning_content.jsonl"];
+
+fn fixture(name: &str) -> String {
+    std::fs::read_to_string(format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+}
+
+/// What the upstream was asked: streamed generations and probes.
+#[derive(Default)]
+struct Seen {
+    streams: Vec<Value>,
+    probes: Vec<Value>,
+}
+
+struct Upstream {
+    chunks: Vec<String>,
+    seen: Mutex<Seen>,
+}
+
+/// Streams the fixture (a chunk every 10 ms, as a model would) and answers probes with the
+/// documented probe response.
+async fn chat(State(upstream): State<Arc<Upstream>>, Json(body): Json<Value>) -> Response {
+    if body["continue_final_message"] == true {
+        upstream.seen.lock().unwrap().probes.push(body);
+        let answer: Value = serde_json::from_str(&fixture("vllm-probe-response.json")).unwrap();
+        return Json(answer).into_response();
+    }
+    upstream.seen.lock().unwrap().streams.push(body);
+    let frames: Vec<String> =
+        upstream.chunks.iter().map(|c| format!("data: {c}\n\n")).chain(["data: [DONE]\n\n".to_owned()]).collect();
+    let body = futures_util::stream::iter(frames).then(|frame| async move {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        Ok::<_, std::convert::Infallible>(Bytes::from(frame))
+    });
+    ([("content-type", "text/event-stream")], Body::from_stream(body)).into_response()
+}
+
+async fn start_upstream(name: &str) -> (String, Arc<Upstream>) {
+    let chunks = fixture(name).lines().map(str::to_owned).collect();
+    let upstream = Arc::new(Upstream { chunks, seen: Mutex::default() });
+    let app = Router::new().route("/v1/chat/completions", post_route(chat)).with_state(upstream.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (format!("http://{address}/v1"), upstream)
+}
+
+/// `stopwise serve` with one route, `r1`, on that upstream: probes every 4 tokens, numeric answers.
+fn start_proxy(upstream: &str) -> String {
+    start(
+        &format!(
+            r#"
+[[routes]]
+model = "r1"
+upstream = "{upstream}"
+task = "numeric"
+policy = {{ type = "budget", max_tokens = 8 }}
+probe = {{ interval = 4 }}
+"#
+        ),
+        None,
+    )
+}
+
+fn request(stream: bool, extension: Value) -> Value {
+    let mut body = json!({
+        "model": "r1", "messages": [{"role": "user", "content": "How many clips?"}],
+        "stream": stream, "stream_options": {"include_usage": true}, "temperature": 0,
+    });
+    if !stream {
+        body.as_object_mut().unwrap().remove("stream_options");
+    }
+    if !extension.is_null() {
+        body["stopwise"] = extension;
+    }
+    body
+}
+
+fn reasoning_of(chunk: &Value) -> &str {
+    let delta = &chunk["choices"][0]["delta"];
+    delta["reasoning_content"].as_str().or_else(|| delta["reasoning"].as_str()).unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_reasoning_stream_stops_inside_its_reasoning_and_answers_as_content() {
+    for name in FIXTURES {
+        let (upstream_url, upstream) = start_upstream(name).await;
+        let base = start_proxy(&upstream_url);
+        let streamed = stream(&base, &request(true, Value::Null)).await;
+        assert!(streamed.done && streamed.error.is_none(), "{name}");
+        // Up to the stop, the client got the upstream's own chunks, byte for byte as JSON.
+        let forced_at = streamed
+            .chunks
+            .iter()
+            .position(|c| {
+                c["choices"][0]["delta"]["content"] != json!(null)
+                    && c["choices"][0]["delta"]["content"] != ""
+                    && reasoning_of(c).is_empty()
+            })
+            .unwrap();
+        for (got, sent) in streamed.chunks[..forced_at].iter().zip(&upstream.chunks) {
+            assert_eq!(got, &serde_json::from_str::<Value>(sent).unwrap(), "{name}");
+        }
+        // The stop came inside the reasoning (the fixture reasons for 51 tokens), and the answer
+        // is the message's content: the reasoning block closed, no blank line before it.
+        let reasoning: String = streamed.chunks.iter().map(reasoning_of).collect();
+        assert!(
+            reasoning.starts_with("Natalia sold 48") && !reasoning.contains("Yes , the total"),
+            "{name}: {reasoning}"
+        );
+        assert_eq!(streamed.chunks[forced_at]["choices"][0]["delta"]["content"], "**Final Answer**: 72", "{name}");
+        let last = streamed.last();
+        assert_eq!(last["choices"][0]["finish_reason"], "stop");
+        assert_eq!((&last["stopwise"]["stopped"], &last["stopwise"]["probes"]), (&json!(true), &json!(1)), "{last}");
+        assert_eq!(last["stopwise"]["probe_prompt_tokens"], 71, "the probe's own usage is reported");
+        // The probe continued the reasoning inside its block, closed it, and asked for the answer.
+        let seen = upstream.seen.lock().unwrap();
+        let probe = &seen.probes[0];
+        assert_eq!((&probe["continue_final_message"], &probe["add_generation_prompt"]), (&json!(true), &json!(false)));
+        let prefill = probe["messages"].as_array().unwrap().last().unwrap();
+        assert_eq!(prefill["role"], "assistant");
+        let prefill = prefill["content"].as_str().unwrap();
+        assert!(prefill.starts_with("<think>\nNatalia sold 48"), "{prefill:?}");
+        assert!(prefill.ends_with("\n</think>\n\n\n\nFinal answer: "), "{prefill:?}");
+        // Stopping streams from the upstream whatever the client asked; the extension is stripped.
+        assert_eq!(seen.streams[0]["stream"], true);
+        assert!(seen.streams[0].get("stopwise").is_none());
+    }
+}
+
+#[tokio::test]
+async fn non_streaming_clients_get_the_reasoning_and_the_answer_apart() {
+    let (upstream_url, _) = start_upstream(FIXTURES[0]).await;
+    let base = start_proxy(&upstream_url);
+    let response: Value = post(&base, &request(false, Value::Null)).await.json().await.unwrap();
+    let message = &response["choices"][0]["message"];
+    assert_eq!(message["content"], "**Final Answer**: 72", "{response}");
+    assert!(message["reasoning_content"].as_str().unwrap().starts_with("Natalia sold 48"), "{response}");
+    assert_eq!(response["object"], "chat.completion");
+    assert_eq!(response["stopwise"]["stopped"], true);
+}
+
+#[tokio::test]
+async fn with_stopping_off_every_chunk_and_the_usage_chunk_pass_unchanged() {
+    for name in FIXTURES {
+        let (upstream_url, upstream) = start_upstream(name).await;
+        let base = start_proxy(&upstream_url);
+        let streamed = stream(&base, &request(true, json!({"disable": true}))).await;
+        let sent: Vec<Value> = upstream.chunks.iter().map(|c| serde_json::from_str(c).unwrap()).collect();
+        assert_eq!(streamed.chunks, sent, "{name}");
+        assert!(streamed.done);
+        assert!(upstream.seen.lock().unwrap().probes.is_empty());
+    }
+}
+
+#[tokio::test]
+async fn a_request_that_never_stops_reports_its_probes_after_the_usage_chunk() {
+    let (upstream_url, upstream) = start_upstream(FIXTURES[2]).await;
+    let base = start_proxy(&upstream_url);
+    let policy = json!({"policy": {"type": "consistency", "window": 100}});
+    let streamed = stream(&base, &request(true, policy)).await;
+    let n = streamed.chunks.len();
+    assert_eq!(n, upstream.chunks.len() + 1, "every upstream chunk, then stopwise's report");
+    assert!(streamed.chunks[n - 2]["usage"]["completion_tokens"].is_u64(), "the upstream's usage chunk");
+    let report = &streamed.chunks[n - 1];
+    assert_eq!(report["choices"], json!([]));
+    assert_eq!(report["stopwise"]["stopped"], false);
+    let probes = report["stopwise"]["probes"].as_u64().unwrap();
+    assert!(probes >= 1 && probes == upstream.seen.lock().unwrap().probes.len() as u64, "{report}");
+    assert_eq!(report["stopwise"]["policy_version"].as_str().unwrap().len(), 16);
+}
