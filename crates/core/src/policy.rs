@@ -164,6 +164,30 @@ impl PolicySpec {
         format!("{:016x}", crate::rng::fnv1a(json))
     }
 
+    /// Whether the rule reads the log-probabilities of generated tokens (a log-prob window, or a
+    /// learned stopper's features): an upstream must stream them, or the rule never fires.
+    pub fn reads_token_logprobs(&self) -> bool {
+        match self {
+            PolicySpec::LogprobWindow { .. } | PolicySpec::Learned { .. } => true,
+            PolicySpec::Hybrid { rule, .. } => rule.reads_token_logprobs(),
+            PolicySpec::Any { rules } | PolicySpec::All { rules } => rules.iter().any(PolicySpec::reads_token_logprobs),
+            _ => false,
+        }
+    }
+
+    /// Whether the rule reads the probability of the probed answer's tokens (DEER's confidence, or
+    /// a learned stopper's features): probe answers must carry log-probs.
+    pub fn reads_probe_confidence(&self) -> bool {
+        match self {
+            PolicySpec::Confidence { .. } | PolicySpec::Learned { .. } => true,
+            PolicySpec::Hybrid { rule, .. } => rule.reads_probe_confidence(),
+            PolicySpec::Any { rules } | PolicySpec::All { rules } => {
+                rules.iter().any(PolicySpec::reads_probe_confidence)
+            }
+            _ => false,
+        }
+    }
+
     /// A short human label, e.g. `consistency(window=2)`.
     pub fn label(&self) -> String {
         match self {
@@ -455,6 +479,19 @@ impl LogprobWindow {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rules_say_which_log_probs_they_read() {
+        let window = PolicySpec::parse("deepconf-high").unwrap();
+        let deer = PolicySpec::parse("deer").unwrap();
+        let budget = PolicySpec::Budget { max_tokens: 8 };
+        assert!(window.reads_token_logprobs() && !window.reads_probe_confidence());
+        assert!(!deer.reads_token_logprobs() && deer.reads_probe_confidence());
+        assert!(!budget.reads_token_logprobs() && !budget.reads_probe_confidence());
+        let hybrid = PolicySpec::Hybrid { floor: 0, cap: 10, rule: Box::new(window.clone()) };
+        assert!(hybrid.reads_token_logprobs());
+        assert!(PolicySpec::Any { rules: vec![budget, deer] }.reads_probe_confidence());
+    }
 
     #[test]
     fn version_tells_settings_apart() {

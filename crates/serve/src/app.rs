@@ -18,7 +18,8 @@ use stopwise_core::policy::PolicySpec;
 use stopwise_engine::Engine;
 use tokio::sync::mpsc;
 
-use crate::config::{Route, Settings, Upstream, DEFAULT_MODEL_NAME};
+use crate::capabilities::{self, Capabilities};
+use crate::config::{OnMissing, Route, Settings, Upstream, DEFAULT_MODEL_NAME};
 use crate::error::ApiError;
 use crate::http_upstream::{self, HttpProber, ProbeInput};
 use crate::metrics::{Meter, Outcome};
@@ -36,6 +37,11 @@ pub struct AppState {
     client: reqwest::Client,
     body_limit: usize,
     metrics: PrometheusHandle,
+    admin_token: Option<String>,
+    /// What each route's upstream was found able to do at start-up.
+    capabilities: BTreeMap<String, Capabilities>,
+    /// Routes serving without stopping because their upstream lacks what the policy needs.
+    degraded: BTreeMap<String, String>,
 }
 
 impl AppState {
@@ -59,7 +65,62 @@ impl AppState {
             }
         }
         let metrics = crate::metrics::handle()?;
-        Ok(AppState { routes, engine, client, body_limit: settings.body_limit, metrics })
+        Ok(AppState {
+            routes,
+            engine,
+            client,
+            body_limit: settings.body_limit,
+            metrics,
+            admin_token: settings.admin_token.clone(),
+            capabilities: BTreeMap::new(),
+            degraded: BTreeMap::new(),
+        })
+    }
+
+    /// Checks every route's upstream; a route whose policy needs a capability found missing
+    /// refuses to start, or runs without stopping when configured to degrade.
+    pub async fn self_test(&mut self) -> Result<(), String> {
+        for route in self.routes.values_mut() {
+            let found = capabilities::check(&self.client, route).await;
+            if found.streams.ok.is_none() {
+                tracing::warn!(
+                    "model `{}`: upstream not reachable, capabilities unknown: {}",
+                    route.model,
+                    found.streams.detail
+                );
+            }
+            let missing = found.missing_for(&route.policy);
+            if !missing.is_empty() {
+                let why = missing
+                    .iter()
+                    .map(|name| format!("{name} ({})", capability(&found, name).detail))
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                let message = format!(
+                    "model `{}`: policy {} needs what its upstream lacks: {why}",
+                    route.model,
+                    route.policy.label()
+                );
+                if route.on_missing_capability == OnMissing::Refuse {
+                    return Err(format!("{message}. Choose another policy, or set on_missing_capability = \"degrade\" to serve it without stopping"));
+                }
+                tracing::warn!("{message}; serving it without stopping (on_missing_capability = \"degrade\")");
+                self.degraded.insert(route.model.clone(), message);
+                route.policy = PolicySpec::Never;
+            }
+            self.capabilities.insert(route.model.clone(), found);
+        }
+        Ok(())
+    }
+}
+
+fn capability<'a>(found: &'a Capabilities, name: &str) -> &'a capabilities::Check {
+    match name {
+        "streams" => &found.streams,
+        "logprobs" => &found.logprobs,
+        "probe_logprobs" => &found.probe_logprobs,
+        "prefill" => &found.prefill,
+        _ => &found.abort_on_disconnect,
     }
 }
 
@@ -72,6 +133,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(render_metrics))
+        .route("/admin/capabilities", get(admin_capabilities))
         .fallback(|| async { ApiError { status: StatusCode::NOT_FOUND, ..ApiError::bad_json("no such endpoint") } })
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
@@ -103,6 +165,42 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiEr
         }
     }
     Ok(Json(json!({"status": "ready"})))
+}
+
+/// The checks run afresh, per route, with what the route's policy would miss. Needs
+/// `Authorization: Bearer <admin token>` when an admin token is set.
+async fn admin_capabilities(
+    State(state): State<Arc<AppState>>,
+    headers: axum::http::HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    if let Some(token) = &state.admin_token {
+        let given = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        if given != Some(format!("Bearer {token}").as_str()) {
+            return Err(ApiError::unauthorized("admin endpoints need `Authorization: Bearer <STOPWISE_ADMIN_TOKEN>`"));
+        }
+    }
+    let mut routes = Map::new();
+    for route in state.routes.values() {
+        let found = capabilities::check(&state.client, route).await;
+        let upstream = match &route.upstream {
+            Upstream::Embedded => "embedded".to_owned(),
+            Upstream::Http(base) => base.clone(),
+        };
+        let stopping = match state.degraded.get(&route.model) {
+            Some(why) => format!("off (degraded): {why}"),
+            None if route.policy == PolicySpec::Never => "off".into(),
+            None => "on".into(),
+        };
+        routes.insert(
+            route.model.clone(),
+            json!({
+                "upstream": upstream, "probe_upstream": route.probe_base(), "policy": route.policy,
+                "policy_version": route.policy.version(), "stopping": stopping,
+                "missing_for_policy": found.missing_for(&route.policy), "capabilities": found,
+            }),
+        );
+    }
+    Ok(Json(json!({"routes": routes})))
 }
 
 async fn render_metrics(State(state): State<Arc<AppState>>) -> Response {
@@ -143,6 +241,16 @@ async fn complete(
         (false, None) => route.policy.clone(),
     };
     let stopping = policy != PolicySpec::Never;
+    // A per-request policy must not silently do nothing either.
+    if let Some(found) = state.capabilities.get(&route.model) {
+        let missing = found.missing_for(&policy);
+        if !missing.is_empty() {
+            return Err(ApiError::invalid(
+                "stopwise.policy",
+                format!("the upstream of `{}` lacks what this policy needs: {}", route.model, missing.join(", ")),
+            ));
+        }
+    }
     // With stopping off an HTTP upstream gets the request as is, `n` included.
     if req.n != 1 && (stopping || route.upstream == Upstream::Embedded) {
         return Err(ApiError::invalid("n", "only n = 1 is supported when stopwise may stop or on the embedded model"));
@@ -164,10 +272,18 @@ async fn complete(
                 let meter = Meter::start(&route.model, endpoint, started);
                 return passthrough(&state.client, &url, &upstream_body, meter).await;
             }
-            // Stopping needs the tokens as they come, whatever the client asked for.
+            // Stopping needs the tokens as they come, whatever the client asked for, and a rule
+            // that reads log-probs needs them even when the client did not ask (they are then
+            // taken out of what it receives).
             upstream_body.insert("stream".into(), json!(true));
+            let strip_logprobs =
+                stopping && policy.reads_token_logprobs() && upstream_body.get("logprobs") != Some(&json!(true));
+            if strip_logprobs {
+                upstream_body.insert("logprobs".into(), json!(true));
+            }
             let prober = stopping.then(|| http_prober(&state.client, route, &upstream_body));
-            (tokio::spawn(http_upstream::stream(state.client.clone(), url, upstream_body, tx)), prober)
+            let producer = http_upstream::stream(state.client.clone(), url, upstream_body, strip_logprobs, tx);
+            (tokio::spawn(producer), prober)
         }
     };
     let plan = stopping.then(|| StopPlan {

@@ -72,6 +72,18 @@ pub struct RouteConfig {
     pub probe: ProbeConfig,
     /// What the client receives when stopwise stops; `{answer}` is replaced by the probed answer.
     pub answer_template: Option<String>,
+    /// When the upstream lacks a capability the policy needs: `refuse` to start (default), or
+    /// `degrade` to serving the route without stopping.
+    #[serde(default)]
+    pub on_missing_capability: OnMissing,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnMissing {
+    #[default]
+    Refuse,
+    Degrade,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -203,6 +215,7 @@ pub struct Route {
     pub task: Task,
     pub probe: ProbeConfig,
     pub answer_template: String,
+    pub on_missing_capability: OnMissing,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -261,6 +274,7 @@ impl Config {
                 task: None,
                 probe: ProbeConfig::default(),
                 answer_template: None,
+                on_missing_capability: OnMissing::default(),
             });
         } else if upstream.is_some() || overrides.model_name.is_some() {
             return Err(invalid(
@@ -345,6 +359,7 @@ impl Route {
             task: route.task.unwrap_or(Task::Text),
             probe,
             answer_template,
+            on_missing_capability: route.on_missing_capability,
         })
     }
 

@@ -78,6 +78,10 @@ impl ApiError {
         Self { param: text("param"), code: text("code"), ..Self::new(status, "upstream_error", message) }
     }
 
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "authentication_error", message)
+    }
+
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", message)
     }

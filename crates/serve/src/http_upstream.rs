@@ -15,9 +15,16 @@ use crate::shape::delta_text;
 use crate::sse::SseParser;
 
 /// POSTs `body` to `url` (an upstream's chat or completions endpoint) and reports the streamed
-/// chunks as pieces.
-pub async fn stream(client: reqwest::Client, url: String, body: Map<String, Value>, tx: mpsc::Sender<Piece>) {
-    let failed = match stream_inner(&client, &url, &body, &tx).await {
+/// chunks as pieces. `strip_logprobs`: stopwise asked for log-probs the client did not, so they
+/// are read and then removed from what the client receives.
+pub async fn stream(
+    client: reqwest::Client,
+    url: String,
+    body: Map<String, Value>,
+    strip_logprobs: bool,
+    tx: mpsc::Sender<Piece>,
+) {
+    let failed = match stream_inner(&client, &url, &body, strip_logprobs, &tx).await {
         Ok(()) => return,
         Err(e) => e,
     };
@@ -29,6 +36,7 @@ async fn stream_inner(
     client: &reqwest::Client,
     url: &str,
     body: &Map<String, Value>,
+    strip_logprobs: bool,
     tx: &mpsc::Sender<Piece>,
 ) -> Result<(), ApiError> {
     let response = client.post(url).json(body).send().await.map_err(|e| ApiError::upstream(format!("{url}: {e}")))?;
@@ -66,7 +74,14 @@ async fn stream_inner(
             if let Some(n) = chunk["usage"]["prompt_tokens"].as_u64() {
                 let _ = tx.send(Piece::PromptTokens(n as u32)).await;
             }
-            let piece = chunk_piece(&chunk, event.data);
+            let mut piece = chunk_piece(&chunk, event.data);
+            if let (true, Piece::Chunk { data, .. }) = (strip_logprobs, &mut piece) {
+                let mut chunk = chunk;
+                if let Some(choices) = chunk["choices"].as_array_mut() {
+                    choices.iter_mut().for_each(|c| c["logprobs"] = Value::Null);
+                }
+                *data = chunk.to_string();
+            }
             if tx.send(piece).await.is_err() {
                 return Ok(());
             }

@@ -12,6 +12,7 @@
 
 pub mod app;
 pub mod bench;
+pub mod capabilities;
 pub mod config;
 pub mod embedded;
 pub mod error;
@@ -50,7 +51,9 @@ pub fn load_engine(settings: &Settings) -> Result<Option<Arc<dyn Engine>>, Strin
 
 /// Serves on `listener` until it fails or the process gets ctrl-c.
 pub async fn serve(settings: &Settings, engine: Option<Arc<dyn Engine>>, listener: TcpListener) -> Result<(), String> {
-    let state = Arc::new(AppState::new(settings, engine)?);
+    let mut state = AppState::new(settings, engine)?;
+    state.self_test().await?;
+    let state = Arc::new(state);
     axum::serve(listener, router(state))
         .with_graceful_shutdown(async {
             // Without a signal handler the server simply runs until killed.

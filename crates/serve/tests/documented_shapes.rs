@@ -1,7 +1,9 @@
 //! The proxy against streams no local server produces: vLLM's and SGLang's reasoning models
 //! (`reasoning_content`, later `reasoning`), usage chunks and `continue_final_message` probes.
 //! The upstream is a real HTTP server replaying fixtures written from those projects' API
-//! documentation (tests/fixtures/README.md says where each shape comes from).
+//! documentation (tests/fixtures/README.md says where each shape comes from). The upstream runs on
+//! the test's runtime, which must keep running while `start` waits for the proxy's self-test:
+//! hence multi-threaded runtimes.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -39,11 +41,16 @@ struct Upstream {
 }
 
 /// Streams the fixture (a chunk every 10 ms, as a model would) and answers probes with the
-/// documented probe response.
+/// documented probe response (or, for the start-up check that a prefill is continued, goes on
+/// counting as a model that honours `continue_final_message` would).
 async fn chat(State(upstream): State<Arc<Upstream>>, Json(body): Json<Value>) -> Response {
     if body["continue_final_message"] == true {
+        let mut answer: Value = serde_json::from_str(&fixture("vllm-probe-response.json")).unwrap();
+        let prefill = body["messages"].as_array().unwrap().last().unwrap()["content"].as_str().unwrap().to_owned();
+        if prefill.contains("6, 7,") {
+            answer["choices"][0]["message"]["content"] = json!(" 8, 9,");
+        }
         upstream.seen.lock().unwrap().probes.push(body);
-        let answer: Value = serde_json::from_str(&fixture("vllm-probe-response.json")).unwrap();
         return Json(answer).into_response();
     }
     upstream.seen.lock().unwrap().streams.push(body);
@@ -66,20 +73,25 @@ async fn start_upstream(name: &str) -> (String, Arc<Upstream>) {
     (format!("http://{address}/v1"), upstream)
 }
 
-/// `stopwise serve` with one route, `r1`, on that upstream: probes every 4 tokens, numeric answers.
-fn start_proxy(upstream: &str) -> String {
-    start(
-        &format!(
-            r#"
+/// `stopwise serve` with one route, `r1`, on that upstream: probes every 4 tokens, numeric
+/// answers. What the start-up self-test asked the upstream is forgotten.
+fn start_proxy(upstream: &Upstream, url: &str) -> String {
+    let base = start(&route(url, r#"{ type = "budget", max_tokens = 8 }"#, "refuse"), None);
+    *upstream.seen.lock().unwrap() = Seen::default();
+    base
+}
+
+fn route(upstream: &str, policy: &str, on_missing: &str) -> String {
+    format!(
+        r#"
 [[routes]]
 model = "r1"
 upstream = "{upstream}"
 task = "numeric"
-policy = {{ type = "budget", max_tokens = 8 }}
+policy = {policy}
 probe = {{ interval = 4 }}
+on_missing_capability = "{on_missing}"
 "#
-        ),
-        None,
     )
 }
 
@@ -102,11 +114,11 @@ fn reasoning_of(chunk: &Value) -> &str {
     delta["reasoning_content"].as_str().or_else(|| delta["reasoning"].as_str()).unwrap_or_default()
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reasoning_stream_stops_inside_its_reasoning_and_answers_as_content() {
     for name in FIXTURES {
         let (upstream_url, upstream) = start_upstream(name).await;
-        let base = start_proxy(&upstream_url);
+        let base = start_proxy(&upstream, &upstream_url);
         let streamed = stream(&base, &request(true, Value::Null)).await;
         assert!(streamed.done && streamed.error.is_none(), "{name}");
         // Up to the stop, the client got the upstream's own chunks, byte for byte as JSON.
@@ -149,10 +161,10 @@ async fn a_reasoning_stream_stops_inside_its_reasoning_and_answers_as_content() 
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn non_streaming_clients_get_the_reasoning_and_the_answer_apart() {
-    let (upstream_url, _) = start_upstream(FIXTURES[0]).await;
-    let base = start_proxy(&upstream_url);
+    let (upstream_url, upstream) = start_upstream(FIXTURES[0]).await;
+    let base = start_proxy(&upstream, &upstream_url);
     let response: Value = post(&base, &request(false, Value::Null)).await.json().await.unwrap();
     let message = &response["choices"][0]["message"];
     assert_eq!(message["content"], "**Final Answer**: 72", "{response}");
@@ -161,11 +173,11 @@ async fn non_streaming_clients_get_the_reasoning_and_the_answer_apart() {
     assert_eq!(response["stopwise"]["stopped"], true);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_stopping_off_every_chunk_and_the_usage_chunk_pass_unchanged() {
     for name in FIXTURES {
         let (upstream_url, upstream) = start_upstream(name).await;
-        let base = start_proxy(&upstream_url);
+        let base = start_proxy(&upstream, &upstream_url);
         let streamed = stream(&base, &request(true, json!({"disable": true}))).await;
         let sent: Vec<Value> = upstream.chunks.iter().map(|c| serde_json::from_str(c).unwrap()).collect();
         assert_eq!(streamed.chunks, sent, "{name}");
@@ -174,10 +186,10 @@ async fn with_stopping_off_every_chunk_and_the_usage_chunk_pass_unchanged() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_that_never_stops_reports_its_probes_after_the_usage_chunk() {
     let (upstream_url, upstream) = start_upstream(FIXTURES[2]).await;
-    let base = start_proxy(&upstream_url);
+    let base = start_proxy(&upstream, &upstream_url);
     let policy = json!({"policy": {"type": "consistency", "window": 100}});
     let streamed = stream(&base, &request(true, policy)).await;
     let n = streamed.chunks.len();
@@ -189,4 +201,54 @@ async fn a_request_that_never_stops_reports_its_probes_after_the_usage_chunk() {
     let probes = report["stopwise"]["probes"].as_u64().unwrap();
     assert!(probes >= 1 && probes == upstream.seen.lock().unwrap().probes.len() as u64, "{report}");
     assert_eq!(report["stopwise"]["policy_version"].as_str().unwrap().len(), 16);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_that_needs_missing_log_probs_refuses_to_start_or_degrades() {
+    // The documented streams carry no log-probs, which a log-prob window reads.
+    let (upstream_url, _) = start_upstream(FIXTURES[1]).await;
+    let window = r#"{ type = "logprob_window", window = 16, threshold = -0.5 }"#;
+    let settings = stopwise_serve::Config::parse(&route(&upstream_url, window, "refuse"))
+        .unwrap()
+        .resolve(&stopwise_serve::Overrides::default(), |_| None)
+        .unwrap();
+    let mut state = stopwise_serve::AppState::new(&settings, None).unwrap();
+    let refused = state.self_test().await.unwrap_err();
+    assert!(refused.contains("logprobs") && refused.contains("r1") && refused.contains("degrade"), "{refused}");
+
+    let (upstream_url, upstream) = start_upstream(FIXTURES[1]).await;
+    let base = start(&route(&upstream_url, window, "degrade"), None);
+    let report: Value = reqwest::get(format!("{base}/admin/capabilities")).await.unwrap().json().await.unwrap();
+    let r1 = &report["routes"]["r1"];
+    assert_eq!(r1["capabilities"]["logprobs"]["ok"], false, "{report}");
+    assert_eq!(
+        (&r1["capabilities"]["streams"]["ok"], &r1["capabilities"]["prefill"]["ok"]),
+        (&json!(true), &json!(true))
+    );
+    assert!(r1["stopping"].as_str().unwrap().starts_with("off (degraded)"), "{r1}");
+    // Degraded: the route is a plain proxy, and a request asking for the same policy is told why not.
+    *upstream.seen.lock().unwrap() = Seen::default();
+    let streamed = stream(&base, &request(true, Value::Null)).await;
+    assert!(streamed.last().get("stopwise").is_none() && upstream.seen.lock().unwrap().probes.is_empty());
+    let asked = json!({"policy": {"type": "logprob_window", "window": 16, "threshold": -0.5}});
+    let refused = post(&base, &request(true, asked)).await;
+    assert_eq!(refused.status(), 400);
+    let error: Value = refused.json().await.unwrap();
+    assert_eq!(error["error"]["param"], "stopwise.policy");
+    assert!(error["error"]["message"].as_str().unwrap().contains("logprobs"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_endpoints_need_the_token_when_one_is_set() {
+    let (upstream_url, _) = start_upstream(FIXTURES[0]).await;
+    let toml = format!("admin_token = \"s3cret\"\n{}", route(&upstream_url, "\"never\"", "refuse"));
+    let base = start(&toml, None);
+    let client = reqwest::Client::new();
+    let url = format!("{base}/admin/capabilities");
+    assert_eq!(client.get(&url).send().await.unwrap().status(), 401);
+    assert_eq!(client.get(&url).bearer_auth("wrong").send().await.unwrap().status(), 401);
+    let ok = client.get(&url).bearer_auth("s3cret").send().await.unwrap();
+    assert_eq!(ok.status(), 200);
+    let report: Value = ok.json().await.unwrap();
+    assert_eq!(report["routes"]["r1"]["stopping"], "off");
 }

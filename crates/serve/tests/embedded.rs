@@ -198,7 +198,8 @@ async fn misbehaving_upstream() -> String {
     format!("http://{address}/v1")
 }
 
-#[tokio::test]
+// Multi-threaded: the upstream runs on this runtime while `start` waits for the self-test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstream_that_breaks_off_gives_an_error_event_and_the_server_keeps_serving() {
     let upstream = misbehaving_upstream().await;
     let engine = engine();

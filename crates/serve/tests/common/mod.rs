@@ -47,7 +47,26 @@ pub fn start(toml: &str, engine: Option<Arc<dyn Engine>>) -> String {
             stopwise_serve::serve(&settings, engine, listener).await.unwrap();
         });
     });
-    format!("http://{}", rx.recv().unwrap())
+    let base = format!("http://{}", rx.recv().unwrap());
+    // The listener is bound before the start-up self-test runs; serving begins after it.
+    for _ in 0..600 {
+        if std::net::TcpStream::connect(&base[7..]).is_ok() && health(&base) {
+            return base;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("the server at {base} never became healthy");
+}
+
+fn health(base: &str) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut socket) = std::net::TcpStream::connect(&base[7..]) else { return false };
+    let _ = socket.set_read_timeout(Some(std::time::Duration::from_millis(500)));
+    let request = format!("GET /healthz HTTP/1.1\r\nhost: {}\r\nconnection: close\r\n\r\n", &base[7..]);
+    let mut answer = String::new();
+    socket.write_all(request.as_bytes()).is_ok()
+        && socket.read_to_string(&mut answer).is_ok()
+        && answer.starts_with("HTTP/1.1 200")
 }
 
 /// A streamed response, parsed: the data chunks, whether `[DONE]` came, and any `error` event.
