@@ -3,7 +3,9 @@
 //! tokens itself (KV-cache rollback), so its probes cost no second request.
 
 use serde_json::json;
-use stopwise_engine::{Engine, EngineError, Event, FinishReason, ProbePlan, Prompt, Request, RequestHandle, Sampling};
+use stopwise_engine::{
+    Engine, EngineError, Event, FinishReason, ProbePlan, ProbeTrigger, Prompt, Request, RequestHandle, Sampling,
+};
 use tokio::sync::mpsc;
 
 use crate::config::ProbeConfig;
@@ -27,7 +29,11 @@ pub fn submit(engine: &dyn Engine, req: &ChatRequest, probe: Option<&ProbeConfig
             seed: req.seed.unwrap_or_else(|| now() ^ u64::from(std::process::id())),
         },
         stop: req.stop.clone(),
-        probe: probe.map(|p| ProbePlan { suffix: p.suffix.clone(), max_tokens: p.max_tokens, interval: p.interval }),
+        probe: probe.map(|p| ProbePlan {
+            suffix: p.suffix.clone(),
+            max_tokens: p.max_tokens,
+            trigger: ProbeTrigger::Every(p.interval),
+        }),
     };
     engine.submit(request).map_err(|e| match e {
         EngineError::Busy { .. } => ApiError::busy(e.to_string()),
