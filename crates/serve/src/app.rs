@@ -21,7 +21,7 @@ use crate::config::{Route, Settings, Upstream, DEFAULT_MODEL_NAME};
 use crate::error::ApiError;
 use crate::http_upstream::{self, HttpProber};
 use crate::request::ChatRequest;
-use crate::session::{self, AbortOnDrop, StopPlan};
+use crate::session::{self, AbortOnDrop, Probes, StopPlan};
 use crate::sse::Frame;
 
 /// Pieces buffered between an upstream and its session: enough to absorb a burst, small enough
@@ -122,11 +122,13 @@ async fn chat_completions(
         return Err(ApiError::invalid("n", "only n = 1 is supported when stopwise may stop or on the embedded model"));
     }
     let (tx, rx) = mpsc::channel(PIECE_BUFFER);
-    let (producer, prober) = match &route.upstream {
+    // `probes` is `Some` exactly when stopping is on.
+    let (producer, probes) = match &route.upstream {
         Upstream::Embedded => {
             let engine = state.engine.as_deref().ok_or_else(|| ApiError::internal("no embedded engine loaded"))?;
             let handle = crate::embedded::submit(engine, &req, stopping.then_some(&route.probe))?;
-            (tokio::spawn(crate::embedded::produce(handle, route.model.clone(), tx)), None)
+            let probes = stopping.then(|| Probes::Engine(handle.probe_requester()));
+            (tokio::spawn(crate::embedded::produce(handle, route.model.clone(), tx)), probes)
         }
         Upstream::Http(base) => {
             let mut upstream_body = req.raw.clone();
@@ -138,18 +140,18 @@ async fn chat_completions(
             }
             // Stopping needs the tokens as they come, whatever the client asked for.
             upstream_body.insert("stream".into(), json!(true));
-            let prober = stopping.then(|| http_prober(&state.client, route, &upstream_body));
-            (tokio::spawn(http_upstream::stream_chat(state.client.clone(), base.clone(), upstream_body, tx)), prober)
+            let probes = stopping.then(|| Probes::Launch(Arc::new(http_prober(&state.client, route, &upstream_body))));
+            (tokio::spawn(http_upstream::stream_chat(state.client.clone(), base.clone(), upstream_body, tx)), probes)
         }
     };
-    let plan = stopping.then(|| StopPlan {
+    let plan = probes.map(|probes| StopPlan {
         policy,
         task: route.task,
         interval: route.probe.interval,
         answer_template: route.answer_template.clone(),
         max_tokens: req.max_tokens,
         stop: req.stop.clone(),
-        prober: prober.map(|p| Arc::new(p) as Arc<dyn session::Prober>),
+        probes,
     });
     let (out_tx, mut out) = mpsc::channel(PIECE_BUFFER);
     tokio::spawn(session::run(AbortOnDrop(producer), rx, plan, out_tx));

@@ -1,6 +1,6 @@
 //! The in-process engine as the upstream. The engine decodes on its own worker thread and
-//! reports through an async handle, so nothing here blocks the runtime; it probes between two
-//! tokens itself (KV-cache rollback), so its probes cost no second request.
+//! reports through an async handle, so nothing here blocks the runtime. It probes between two
+//! tokens (KV-cache rollback) where the session asks it to, so its probes cost no second request.
 
 use serde_json::json;
 use stopwise_engine::{
@@ -29,10 +29,11 @@ pub fn submit(engine: &dyn Engine, req: &ChatRequest, probe: Option<&ProbeConfig
             seed: req.seed.unwrap_or_else(|| now() ^ u64::from(std::process::id())),
         },
         stop: req.stop.clone(),
+        // The session asks for each probe its rule needs (see `session::Probes::Engine`).
         probe: probe.map(|p| ProbePlan {
             suffix: p.suffix.clone(),
             max_tokens: p.max_tokens,
-            trigger: ProbeTrigger::Every(p.interval),
+            trigger: ProbeTrigger::OnRequest,
         }),
     };
     engine.submit(request).map_err(|e| match e {
