@@ -8,7 +8,9 @@ use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use stopwise_core::answer::{self, Task};
 use stopwise_core::trace::{Checkpoint, Final, ProbeSettings, Trace, TRACE_VERSION};
-use stopwise_engine::{ChatMessage, Engine, Event, FinishReason, ProbePlan, Prompt, Request, RequestHandle, Sampling};
+use stopwise_engine::{
+    ChatMessage, Engine, Event, FinishReason, ProbePlan, ProbeTrigger, Prompt, Request, RequestHandle, Sampling,
+};
 use stopwise_store::{recorded_ids, TraceWriter};
 
 use crate::dataset::Item;
@@ -77,7 +79,7 @@ fn request_for(item: &Item, settings: &RecordSettings) -> Request {
         probe: Some(ProbePlan {
             suffix: settings.probe.suffix.clone(),
             max_tokens: settings.probe.max_tokens,
-            interval: settings.probe.interval,
+            trigger: ProbeTrigger::Every(settings.probe.interval),
         }),
     }
 }

@@ -19,8 +19,8 @@ use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::{LlamaChatMessage, LlamaModel};
 use llama_cpp_2::token::LlamaToken;
 use stopwise_engine::{
-    fetch_default_model, llama_backend, ChatMessage, Engine, Event, LlamaConfig, LlamaEngine, ProbePlan, Prompt,
-    Request, Sampling,
+    fetch_default_model, llama_backend, ChatMessage, Engine, Event, LlamaConfig, LlamaEngine, ProbePlan, ProbeTrigger,
+    Prompt, Request, Sampling,
 };
 
 const DECODE_TOKENS: u32 = 256;
@@ -50,7 +50,7 @@ fn main() -> BenchResult<()> {
     let default = LlamaEngine::load(LlamaConfig::new(&model_path))?;
     println!("model: {}", single.model_name());
     let story = Prompt::Chat(vec![ChatMessage::new("user", STORY)]);
-    let plan = ProbePlan { suffix: "\n\nFinal answer: ".to_string(), max_tokens: 12, interval: 32 };
+    let plan = ProbePlan { suffix: "\n\nFinal answer: ".to_string(), max_tokens: 12, trigger: ProbeTrigger::Every(32) };
     let run_story = |engine: &LlamaEngine, probe: Option<ProbePlan>| {
         run_request(
             engine,
@@ -129,7 +129,11 @@ fn main() -> BenchResult<()> {
                     max_tokens: 128,
                     sampling: Sampling::GREEDY,
                     stop: Vec::new(),
-                    probe: Some(ProbePlan { suffix: "\n\nFinal answer: ".to_string(), max_tokens: 8, interval: 32 }),
+                    probe: Some(ProbePlan {
+                        suffix: "\n\nFinal answer: ".to_string(),
+                        max_tokens: 8,
+                        trigger: ProbeTrigger::Every(32),
+                    }),
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;

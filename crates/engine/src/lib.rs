@@ -2,9 +2,10 @@
 //!
 //! An [`Engine`] streams the tokens of one request as [`Event`]s (each with its log-prob and the
 //! entropy of the distribution it came from) and, when the request carries a [`ProbePlan`], probes
-//! the answer every `interval` generated tokens: it appends the plan's suffix, greedily decodes a
-//! short answer, reports it with its token probabilities, and throws the probe away so that the
-//! generated text is exactly what it would have been without probes.
+//! the answer between two tokens (every `n` generated tokens, or when the caller asks through a
+//! [`ProbeRequester`]): it appends the plan's suffix, greedily decodes a short answer, reports it
+//! with its token probabilities, and throws the probe away so that the generated text is exactly
+//! what it would have been without probes.
 //!
 //! [`LlamaEngine`] is the embedded backend (llama.cpp on a GGUF file, several requests decoded in
 //! one batch); [`fetch`] finds or downloads the default model. The trait is object-safe so that an
@@ -17,6 +18,9 @@ mod text;
 
 pub use fetch::{default_model_path, fetch_default_model, resolve_model, stopwise_home, FetchError};
 pub use llama::{llama_backend, EngineStats, LlamaConfig, LlamaEngine};
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
@@ -74,8 +78,18 @@ pub struct ProbePlan {
     pub suffix: String,
     /// At most this many greedy answer tokens per probe.
     pub max_tokens: u32,
-    /// Probe after every `interval` generated tokens.
-    pub interval: u32,
+    pub trigger: ProbeTrigger,
+}
+
+/// When a request is probed. Either way a probe is skipped where it would not fit in the context.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProbeTrigger {
+    /// After every `n` generated tokens (recording full traces).
+    Every(u32),
+    /// Only where asked through the handle's [`ProbeRequester`], so that a caller whose stop rule
+    /// needs few answers pays for no others.
+    OnRequest,
 }
 
 /// One generation request.
@@ -108,7 +122,7 @@ impl Request {
             if plan.suffix.is_empty() {
                 return invalid("probe suffix must not be empty");
             }
-            if plan.max_tokens == 0 || plan.interval == 0 {
+            if plan.max_tokens == 0 || plan.trigger == ProbeTrigger::Every(0) {
                 return invalid("probe max_tokens and interval must be at least 1");
             }
         }
@@ -195,12 +209,39 @@ pub struct RequestHandle {
     // Unbounded on purpose: the engine's single decode loop must never block on one slow
     // reader, and a request cannot produce more than about 2 × max_tokens events anyway.
     receiver: mpsc::UnboundedReceiver<Event>,
+    probes: ProbeRequester,
+}
+
+/// Asks a running [`ProbeTrigger::OnRequest`] request for probes. Cheap to clone, callable from
+/// any thread, never blocks: whoever decides on probes need not be whoever reads the events.
+#[derive(Debug, Clone)]
+pub struct ProbeRequester {
+    /// The latest generated-token count a probe was asked for; 0 when none was.
+    wanted: Arc<AtomicU32>,
+}
+
+impl ProbeRequester {
+    /// Asks for one probe at the first token boundary with at least `after_tokens` (at least 1)
+    /// generated tokens, which is the next boundary when the engine is already past that point.
+    /// A probe taken at or after the point answers the request, so asking again for the same or
+    /// an earlier point asks for nothing more. A probe that can no longer fit in the context is
+    /// never taken; the request goes on without it.
+    pub fn request(&self, after_tokens: u32) {
+        // Only the number is shared, nothing it guards, so no ordering is needed.
+        self.wanted.fetch_max(after_tokens.max(1), Ordering::Relaxed);
+    }
+
+    /// The latest point a probe was asked for.
+    fn wanted(&self) -> Option<u32> {
+        Some(self.wanted.load(Ordering::Relaxed)).filter(|&at| at > 0)
+    }
 }
 
 /// The sending end of one request's events, held by the engine.
 #[derive(Debug, Clone)]
 pub struct EventSender {
     sender: mpsc::UnboundedSender<Event>,
+    probes: ProbeRequester,
 }
 
 impl EventSender {
@@ -213,13 +254,24 @@ impl EventSender {
     pub fn is_closed(&self) -> bool {
         self.sender.is_closed()
     }
+
+    /// The latest point (generated tokens) a probe was asked for through [`ProbeRequester::request`].
+    pub fn probe_wanted_at(&self) -> Option<u32> {
+        self.probes.wanted()
+    }
 }
 
 impl RequestHandle {
     /// A connected sender/handle pair, for backends.
     pub fn channel() -> (EventSender, RequestHandle) {
         let (sender, receiver) = mpsc::unbounded_channel();
-        (EventSender { sender }, RequestHandle { receiver })
+        let probes = ProbeRequester { wanted: Arc::default() };
+        (EventSender { sender, probes: probes.clone() }, RequestHandle { receiver, probes })
+    }
+
+    /// Asks this request for probes; see [`ProbeTrigger::OnRequest`].
+    pub fn probe_requester(&self) -> ProbeRequester {
+        self.probes.clone()
     }
 
     /// Next event, or `None` once the request is over.

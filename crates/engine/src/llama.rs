@@ -16,7 +16,8 @@
 //! *before* the probe and kept pending; the probe decodes the suffix and its greedy tokens at the
 //! positions after t_N, then those positions are removed from the KV cache and generation resumes
 //! by decoding t_{N+1}. The request's sampler and RNG never see probe logits, so the output is
-//! the same with and without probes.
+//! the same with and without probes, wherever they are taken. A probe asked for through a
+//! `ProbeRequester` is taken at the first such boundary the worker reaches after the request.
 
 use std::collections::VecDeque;
 use std::num::NonZeroU32;
@@ -37,7 +38,9 @@ use llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_DISABLED;
 
 use crate::sampling::{greedy_with_prob, logprob_and_entropy, Sampler};
 use crate::text::TextStream;
-use crate::{ChatMessage, Engine, EngineError, Event, EventSender, FinishReason, Prompt, Request, RequestHandle};
+use crate::{
+    ChatMessage, Engine, EngineError, Event, EventSender, FinishReason, ProbeTrigger, Prompt, Request, RequestHandle,
+};
 
 /// Longest probe suffix accepted, in tokens (a suffix is decoded in one call).
 const MAX_SUFFIX_TOKENS: usize = 256;
@@ -298,7 +301,7 @@ impl Engine for LlamaEngine {
                         suffix.len()
                     )));
                 }
-                Some(ProbeSpec { suffix, max_tokens: plan.max_tokens, interval: plan.interval })
+                Some(ProbeSpec { suffix, max_tokens: plan.max_tokens, trigger: plan.trigger })
             }
         };
         let (events, handle) = RequestHandle::channel();
@@ -371,7 +374,7 @@ struct Job {
 struct ProbeSpec {
     suffix: Vec<LlamaToken>,
     max_tokens: u32,
-    interval: u32,
+    trigger: ProbeTrigger,
 }
 
 #[derive(Clone, Copy)]
@@ -511,6 +514,7 @@ impl Scheduler<'_> {
             sampler: job.sampler,
             text: job.text,
             generated: 0,
+            last_probe: 0,
             max_tokens: job.max_tokens,
             probe: job.probe,
             n_ctx: self.n_ctx_per_seq,
@@ -717,6 +721,8 @@ struct Sequence {
     text: TextStream,
     /// Token events sent so far.
     generated: u32,
+    /// `generated` when the last probe was taken (0: none yet).
+    last_probe: u32,
     max_tokens: u32,
     probe: Option<ProbeSpec>,
     n_ctx: u32,
@@ -792,6 +798,7 @@ impl Sequence {
         let (logprob, entropy) = logprob_and_entropy(logits, index);
         let sampled = Sampled { token: LlamaToken(i32::try_from(index).unwrap_or(0)), logprob, entropy };
         if self.probe_due() {
+            self.last_probe = self.generated;
             self.phase = Phase::Probe(ProbeRun {
                 pending: sampled,
                 rollback_from: self.n_past,
@@ -808,14 +815,21 @@ impl Sequence {
         self.accept(sampled, model)
     }
 
-    /// A probe is due after every `interval` generated tokens, if it fits in the context.
+    /// A probe is due after every `n` generated tokens, or once the caller's latest request point
+    /// is reached and no probe was taken since, if it fits in the context.
     fn probe_due(&self) -> bool {
         let Some(probe) = &self.probe else {
             return false;
         };
         let fits = u64::from(self.n_past) + probe.suffix.len() as u64 + u64::from(probe.max_tokens) - 1
             <= u64::from(self.n_ctx);
-        self.generated > 0 && self.generated % probe.interval == 0 && fits
+        let asked = match probe.trigger {
+            ProbeTrigger::Every(interval) => self.generated.checked_rem(interval) == Some(0),
+            ProbeTrigger::OnRequest => {
+                self.events.probe_wanted_at().is_some_and(|at| self.generated >= at && self.last_probe < at)
+            }
+        };
+        self.generated > 0 && asked && fits
     }
 
     /// Emits a sampled real token and decides whether generation goes on.

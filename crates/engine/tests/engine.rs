@@ -10,8 +10,8 @@ use std::sync::OnceLock;
 
 use common::*;
 use stopwise_engine::{
-    Engine, EngineError, Event, FinishReason, LlamaConfig, LlamaEngine, ProbePlan, Prompt, Request, RequestHandle,
-    Sampling,
+    Engine, EngineError, Event, FinishReason, LlamaConfig, LlamaEngine, ProbePlan, ProbeTrigger, Prompt, Request,
+    RequestHandle, Sampling,
 };
 
 fn engine() -> &'static LlamaEngine {
@@ -58,6 +58,66 @@ fn seeded_sampling_is_deterministic_and_probe_transparent() {
     assert_sane_probes(&probed, 16, 8);
     // Greedy decoding, or a sampler that ignored its seed, would give both seeds one output.
     assert_ne!(plain.text(), other_seed.text(), "seed has no effect");
+}
+
+#[test]
+fn probes_on_request_arrive_where_asked_and_are_transparent() {
+    let sampling = Sampling::GREEDY;
+    let plain = run(request(chat(QUESTION), 160, sampling, None));
+    // Asking for nothing probes nothing.
+    let unasked = run(request(chat(QUESTION), 160, sampling, probe_plan(ProbeTrigger::OnRequest)));
+    assert!(unasked.probes.is_empty(), "unrequested probes: {:?}", unasked.probes);
+    assert_same_generation(&unasked, &plain);
+
+    // Each probe that arrives prompts the next request, so that no request is overtaken by a
+    // later one (a request for a later point replaces an earlier one not yet taken). The test
+    // reads events behind the engine, so it knows only lower bounds of where probes land.
+    let mut handle =
+        engine().submit(request(chat(QUESTION), 160, sampling, probe_plan(ProbeTrigger::OnRequest))).unwrap();
+    let requester = handle.probe_requester();
+    requester.request(5);
+    let (mut events, mut tokens, mut probes) = (Vec::new(), 0, Vec::new());
+    // After the first probe: a point the engine has passed once the test sees token `behind`.
+    let mut behind = None;
+    while let Some(event) = handle.next_blocking() {
+        match &event {
+            Event::Token { .. } => {
+                tokens += 1;
+                if behind == Some(tokens) {
+                    requester.request(tokens - 5);
+                }
+            }
+            Event::Probe { after_tokens, .. } => {
+                probes.push(*after_tokens);
+                // Points already answered by this probe ask for nothing more.
+                requester.request(*after_tokens);
+                requester.request(after_tokens - 1);
+                match probes.len() {
+                    1 => behind = Some(after_tokens + 10),
+                    2 => {
+                        requester.request(after_tokens + 25);
+                        requester.request(after_tokens + 15);
+                    }
+                    _ => {}
+                }
+            }
+            _ => {}
+        }
+        events.push(event);
+    }
+    let probed = collect_after(events, handle);
+    eprintln!("output: {:?}", plain.text());
+    eprintln!("probes: {:?}", probed.probes);
+    assert_same_generation(&probed, &plain);
+    assert_eq!(probes.len(), 3, "probes at {probes:?}");
+    assert!(probes[0] >= 5, "probes at {probes:?}");
+    // Asked for a point behind the engine: taken at its next boundary, at or after `behind`.
+    assert!(probes[1] >= probes[0] + 10, "probes at {probes:?}");
+    assert!(probes[2] >= probes[1] + 25, "probes at {probes:?}");
+    for (_, text, tokens, mean, min) in &probed.probes {
+        assert!(*tokens >= 1 && *tokens <= 8 && !text.trim().is_empty(), "probe {text:?} of {tokens} tokens");
+        assert!(0.0 < *min && min <= mean && *mean <= 1.0, "probs {min} {mean}");
+    }
 }
 
 #[test]
@@ -147,7 +207,11 @@ fn bad_requests_are_errors() {
     bad.sampling.temperature = -1.0;
     assert!(matches!(engine().submit(bad), Err(EngineError::InvalidRequest(_))));
     let mut bad = request(chat(QUESTION), 10, Sampling::GREEDY, probe_every(4));
-    bad.probe = Some(ProbePlan { suffix: String::new(), max_tokens: 4, interval: 4 });
+    bad.probe = Some(ProbePlan { suffix: String::new(), max_tokens: 4, trigger: ProbeTrigger::Every(4) });
+    assert!(matches!(engine().submit(bad), Err(EngineError::InvalidRequest(_))));
+    let mut bad = request(chat(QUESTION), 10, Sampling::GREEDY, probe_plan(ProbeTrigger::Every(0)));
+    assert!(matches!(engine().submit(bad.clone()), Err(EngineError::InvalidRequest(_))));
+    bad.probe = probe_plan(ProbeTrigger::OnRequest).map(|plan| ProbePlan { max_tokens: 0, ..plan });
     assert!(matches!(engine().submit(bad), Err(EngineError::InvalidRequest(_))));
     let long = "word ".repeat(2000);
     assert!(matches!(

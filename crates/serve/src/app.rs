@@ -24,7 +24,7 @@ use crate::error::ApiError;
 use crate::http_upstream::{self, HttpProber, ProbeInput};
 use crate::metrics::{Meter, Outcome};
 use crate::request::{ClientRequest, Endpoint};
-use crate::session::{self, AbortOnDrop, StopPlan};
+use crate::session::{self, AbortOnDrop, Probes, StopPlan};
 use crate::sse::Frame;
 
 /// Pieces buffered between an upstream and its session: enough to absorb a burst, small enough
@@ -256,11 +256,13 @@ async fn complete(
         return Err(ApiError::invalid("n", "only n = 1 is supported when stopwise may stop or on the embedded model"));
     }
     let (tx, rx) = mpsc::channel(PIECE_BUFFER);
-    let (producer, prober) = match &route.upstream {
+    // `probes` is `Some` exactly when stopping is on.
+    let (producer, probes) = match &route.upstream {
         Upstream::Embedded => {
             let engine = state.engine.as_deref().ok_or_else(|| ApiError::internal("no embedded engine loaded"))?;
             let handle = crate::embedded::submit(engine, &req, stopping.then_some(&route.probe))?;
-            (tokio::spawn(crate::embedded::produce(handle, endpoint, route.model.clone(), tx)), None)
+            let probes = stopping.then(|| Probes::Engine(handle.probe_requester()));
+            (tokio::spawn(crate::embedded::produce(handle, endpoint, route.model.clone(), tx)), probes)
         }
         Upstream::Http(base) => {
             let mut upstream_body = req.raw.clone();
@@ -281,12 +283,12 @@ async fn complete(
             if strip_logprobs {
                 upstream_body.insert("logprobs".into(), json!(true));
             }
-            let prober = stopping.then(|| http_prober(&state.client, route, &upstream_body));
+            let probes = stopping.then(|| Probes::Launch(Arc::new(http_prober(&state.client, route, &upstream_body))));
             let producer = http_upstream::stream(state.client.clone(), url, upstream_body, strip_logprobs, tx);
-            (tokio::spawn(producer), prober)
+            (tokio::spawn(producer), probes)
         }
     };
-    let plan = stopping.then(|| StopPlan {
+    let plan = probes.map(|probes| StopPlan {
         policy,
         task: route.task,
         interval: route.probe.interval,
@@ -295,7 +297,7 @@ async fn complete(
         reasoning_close: route.probe.reasoning_close.clone(),
         max_tokens: req.max_tokens,
         stop: req.stop.clone(),
-        prober: prober.map(|p| Arc::new(p) as Arc<dyn session::Prober>),
+        probes,
     });
     let (out_tx, mut out) = mpsc::channel(PIECE_BUFFER);
     let meter = Meter::start(&route.model, endpoint, started);

@@ -1,9 +1,11 @@
 //! The in-process engine as the upstream. The engine decodes on its own worker thread and
-//! reports through an async handle, so nothing here blocks the runtime; it probes between two
-//! tokens itself (KV-cache rollback), so its probes cost no second request.
+//! reports through an async handle, so nothing here blocks the runtime. It probes between two
+//! tokens (KV-cache rollback) where the session asks it to, so its probes cost no second request.
 
 use serde_json::Value;
-use stopwise_engine::{Engine, EngineError, Event, FinishReason, ProbePlan, Prompt, Request, RequestHandle, Sampling};
+use stopwise_engine::{
+    Engine, EngineError, Event, FinishReason, ProbePlan, ProbeTrigger, Prompt, Request, RequestHandle, Sampling,
+};
 use tokio::sync::mpsc;
 
 use crate::config::ProbeConfig;
@@ -35,7 +37,12 @@ pub fn submit(
             seed: req.seed.unwrap_or_else(|| now() ^ u64::from(std::process::id())),
         },
         stop: req.stop.clone(),
-        probe: probe.map(|p| ProbePlan { suffix: p.suffix.clone(), max_tokens: p.max_tokens, interval: p.interval }),
+        // The session asks for each probe its rule needs (see `session::Probes::Engine`).
+        probe: probe.map(|p| ProbePlan {
+            suffix: p.suffix.clone(),
+            max_tokens: p.max_tokens,
+            trigger: ProbeTrigger::OnRequest,
+        }),
     };
     let input_field = match req.endpoint {
         Endpoint::Chat => "messages",

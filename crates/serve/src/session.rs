@@ -4,8 +4,10 @@
 //!
 //! Upstreams (HTTP or embedded) report [`Piece`]s on a channel from a task the session owns;
 //! dropping the session aborts that task, which drops the upstream request (reqwest closes the
-//! connection, the engine frees the sequence). HTTP probes run as separate tasks, so the client's
-//! stream never waits for one.
+//! connection, the engine frees the sequence). Probes are gated the same way on both: at each
+//! checkpoint the rule says whether it needs an answer there, and only then is one taken. HTTP
+//! probes run as separate tasks, so the client's stream never waits for one; the embedded engine
+//! is asked for one and reports it in order with the tokens.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -15,6 +17,7 @@ use serde_json::{json, Value};
 use stopwise_core::answer::{self, Task};
 use stopwise_core::policy::{Decision, PolicySpec, Rule};
 use stopwise_core::trace::Checkpoint;
+use stopwise_engine::ProbeRequester;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -41,7 +44,7 @@ pub enum Piece {
         entropy: Option<f64>,
     },
     PromptTokens(u32),
-    /// A probe the upstream took itself (the embedded engine probes between two tokens).
+    /// A probe the embedded engine took where the session asked for one (between two tokens).
     Probe(ProbeOutcome),
     /// The embedded engine finished; the session writes the final chunk.
     Finished {
@@ -67,13 +70,22 @@ pub struct ProbeOutcome {
     pub completion_tokens: u32,
 }
 
-/// Launches HTTP probes; `None` for upstreams that probe themselves.
+/// Launches probes that are requests of their own (HTTP upstreams).
 pub trait Prober: Send + Sync {
     /// A probe of the answer after `partial`, the text generated so far; `Err` fails open.
     fn probe(&self, partial: String, after_tokens: u32) -> ProbeFuture;
 }
 
 pub type ProbeFuture = std::pin::Pin<Box<dyn Future<Output = Result<ProbeOutcome, String>> + Send>>;
+
+/// How this request's probes are taken.
+pub enum Probes {
+    /// A request per probe, whose outcome comes back as a future.
+    Launch(Arc<dyn Prober>),
+    /// The embedded engine probes between two tokens where asked; the outcome comes as a
+    /// [`Piece::Probe`] in order with the tokens.
+    Engine(ProbeRequester),
+}
 
 /// How this request may stop.
 pub struct StopPlan {
@@ -88,7 +100,7 @@ pub struct StopPlan {
     /// The client's `max_tokens` and `stop`, which bound the forced answer as well.
     pub max_tokens: Option<u32>,
     pub stop: Vec<String>,
-    pub prober: Option<Arc<dyn Prober>>,
+    pub probes: Probes,
 }
 
 /// Aborts the task when dropped, so that nothing outlives the request that started it.
@@ -202,8 +214,8 @@ struct State {
     probe_prompt_tokens: Option<u32>,
     probe_completion_tokens: u32,
     probes: u32,
-    /// The checkpoint whose HTTP probe is in flight, as generation alone describes it, and when
-    /// the probe was sent.
+    /// The checkpoint whose probe is in flight (or asked of the engine), as generation alone
+    /// describes it, and when the probe was asked for.
     pending: Option<(Checkpoint, Instant)>,
     meter: Meter,
 }
@@ -245,17 +257,22 @@ impl State {
         *ent = ent.zip(entropy).map(|(a, b)| a + b);
     }
 
-    /// The HTTP probe to launch now, if one is due and the rule needs its answer here (a budget
-    /// or a log-prob window does not at most checkpoints: no probe, no cost).
-    fn due_probe(&mut self) -> Option<crate::session::ProbeFuture> {
+    /// Takes the probe due now, if the rule needs its answer here (a budget or a log-prob window
+    /// does not at most checkpoints: no probe, no cost). An HTTP probe is returned to be run; the
+    /// engine is only asked for one, whose outcome comes later as a [`Piece::Probe`].
+    fn due_probe(&mut self) -> Option<ProbeFuture> {
         if self.tokens < self.next_probe_at {
             return None;
         }
-        let (plan, _) = self.plan.as_ref()?;
-        let prober = plan.prober.clone()?;
+        let interval = self.plan.as_ref()?.0.interval;
         // The next probe is due at the next multiple of the interval after this one, however
         // long this one takes: probes never queue up behind a slow upstream.
-        self.next_probe_at = (self.tokens / plan.interval + 1) * plan.interval;
+        self.next_probe_at = (self.tokens / interval + 1) * interval;
+        // Only an engine probe can still be pending here (no HTTP probe is due while one runs).
+        // It is given up as failed: one that has not come by the next checkpoint is late to
+        // matter, and one that no longer fits in the context never comes; this checkpoint is
+        // asked for instead.
+        self.probe_failed();
         let checkpoint = self.take_segment(self.tokens);
         let (_, rule) = self.plan.as_mut()?;
         if !rule.needs_probe(&checkpoint) {
@@ -264,7 +281,13 @@ impl State {
             return None;
         }
         self.pending = Some((checkpoint, Instant::now()));
-        Some(prober.probe(self.partial(), self.tokens))
+        match &self.plan.as_ref()?.0.probes {
+            Probes::Launch(prober) => Some(prober.clone().probe(self.partial(), self.tokens)),
+            Probes::Engine(requester) => {
+                requester.request(self.tokens);
+                None
+            }
+        }
     }
 
     /// The generated text as the model sees it: reasoning streamed apart goes back inside its
@@ -296,7 +319,7 @@ impl State {
         }
     }
 
-    /// A probe in flight failed: the rule sees the checkpoint without an answer.
+    /// A probe in flight failed or was given up: the rule sees its checkpoint without an answer.
     fn probe_failed(&mut self) {
         if let (Some((checkpoint, sent)), Some((_, rule))) = (self.pending.take(), self.plan.as_mut()) {
             self.meter.probe(false, None, 0, Some(sent.elapsed()));
@@ -310,18 +333,16 @@ impl State {
         self.probes += 1;
         self.probe_prompt_tokens = self.probe_prompt_tokens.zip(outcome.prompt_tokens).map(|(a, b)| a + b);
         self.probe_completion_tokens += outcome.completion_tokens;
-        // An HTTP probe was asked for at launch; the embedded engine probes every interval
-        // itself, so its checkpoints go through both steps here.
-        let (asked, skeleton) = match self.pending.take() {
-            Some((checkpoint, sent)) => {
-                self.meter.probe(true, outcome.prompt_tokens, outcome.completion_tokens, Some(sent.elapsed()));
-                (true, checkpoint)
-            }
-            None => {
-                self.meter.probe(true, None, outcome.completion_tokens, None);
-                (false, self.take_segment(outcome.after_tokens))
-            }
+        // The rule asked for this answer at the pending checkpoint (`needs_probe` already ran on
+        // it). An engine probe may land a few tokens after that checkpoint when the engine runs
+        // ahead of the session: the rule still decides at the checkpoint it asked about, and
+        // `after_tokens` reports where the stream is cut. An engine probe given up at the next
+        // checkpoint that still comes is paid for but too late for the rule.
+        let Some((skeleton, asked_at)) = self.pending.take() else {
+            self.meter.probe(true, outcome.prompt_tokens, outcome.completion_tokens, None);
+            return None;
         };
+        self.meter.probe(true, outcome.prompt_tokens, outcome.completion_tokens, Some(asked_at.elapsed()));
         let (plan, rule) = self.plan.as_mut()?;
         let checkpoint = Checkpoint {
             answer: answer::extract(plan.task, &outcome.text),
@@ -331,8 +352,7 @@ impl State {
             min_prob: outcome.min_prob,
             ..skeleton
         };
-        let decision = if asked { rule.decide(&checkpoint) } else { rule.observe(&checkpoint) };
-        if decision == Decision::Continue {
+        if rule.decide(&checkpoint) == Decision::Continue {
             return None;
         }
         // The client's max_tokens bounds the forced answer too: when it would not fit, the
@@ -420,4 +440,85 @@ pub fn new_id() -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
     format!("chatcmpl-sw{:x}{:x}", nanos as u64, COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
+#[cfg(test)]
+mod tests {
+    use stopwise_engine::{EventSender, RequestHandle};
+
+    use super::*;
+
+    /// A session state on an engine route (interval 32), and the engine's side of its requests.
+    fn engine_state(policy: PolicySpec) -> (State, EventSender) {
+        let (events, handle) = RequestHandle::channel();
+        let plan = StopPlan {
+            policy,
+            task: Task::Numeric,
+            interval: 32,
+            answer_template: "{answer}".into(),
+            reasoning_open: String::new(),
+            reasoning_close: String::new(),
+            max_tokens: None,
+            stop: Vec::new(),
+            probes: Probes::Engine(handle.probe_requester()),
+        };
+        let meter = Meter::start("test", Endpoint::Chat, Instant::now());
+        (State::new(Endpoint::Chat, Some(plan), meter), events)
+    }
+
+    /// Feeds single-token chunks up to `tokens` in all, as `run` does.
+    fn generate_until(state: &mut State, tokens: u32) {
+        while state.tokens < tokens {
+            state.add("x", "", 1, Some(-0.1), Some(0.1));
+            assert!(state.due_probe().is_none(), "an engine probe is asked for, never launched");
+        }
+    }
+
+    fn probe_at(after_tokens: u32) -> ProbeOutcome {
+        ProbeOutcome {
+            after_tokens,
+            text: "72".into(),
+            answer_tokens: 2,
+            mean_prob: 0.9,
+            min_prob: 0.8,
+            prompt_tokens: None,
+            completion_tokens: 2,
+        }
+    }
+
+    #[test]
+    fn a_budget_asks_the_engine_for_one_probe_at_its_limit() {
+        let (mut state, engine) = engine_state(PolicySpec::Budget { max_tokens: 40 });
+        generate_until(&mut state, 63);
+        assert_eq!(engine.probe_wanted_at(), None, "the checkpoint at 32 needs no answer");
+        generate_until(&mut state, 64);
+        assert_eq!(engine.probe_wanted_at(), Some(64));
+        // The engine ran two tokens ahead before it saw the request.
+        generate_until(&mut state, 66);
+        let frames = state.observe(probe_at(66)).expect("the budget stops");
+        let Some(Frame::Data(last)) = frames.get(1) else { panic!("no final chunk") };
+        let last: Value = serde_json::from_str(last).unwrap();
+        assert_eq!(last["stopwise"]["probes"], 1);
+        assert_eq!(last["stopwise"]["checkpoint_tokens"], 66);
+        assert_eq!(last["stopwise"]["probe_completion_tokens"], 2);
+    }
+
+    #[test]
+    fn an_engine_probe_missing_at_the_next_checkpoint_is_given_up() {
+        let spec = PolicySpec::Consistency { window: 2, min_tokens: 0, hedge_filter: false };
+        let (mut state, engine) = engine_state(spec);
+        generate_until(&mut state, 32);
+        assert_eq!(engine.probe_wanted_at(), Some(32));
+        // No probe by 64 (say the context had no room): the next checkpoint is asked for anyway.
+        generate_until(&mut state, 64);
+        assert_eq!(engine.probe_wanted_at(), Some(64));
+        assert!(state.observe(probe_at(64)).is_none(), "one answer is no run of two");
+        assert!(state.pending.is_none());
+        // A probe nobody waits for any more is paid for but decides nothing.
+        generate_until(&mut state, 70);
+        assert!(state.observe(probe_at(70)).is_none());
+        assert_eq!((state.probes, state.probe_completion_tokens), (2, 4));
+        generate_until(&mut state, 96);
+        assert!(state.observe(probe_at(96)).is_some(), "two equal answers in a row stop");
+    }
 }

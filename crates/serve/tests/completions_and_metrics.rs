@@ -84,6 +84,7 @@ async fn requests_leave_prometheus_metrics_behind() {
     let stopped = stream(&base, &chat("default", QUESTION, 120, true, budget)).await;
     let delivered = stopped.last()["usage"]["completion_tokens"].as_u64().unwrap();
     let probes = stopped.last()["stopwise"]["probes"].as_u64().unwrap();
+    let checkpoint = stopped.last()["stopwise"]["checkpoint_tokens"].as_f64().unwrap();
     let unknown = post(&base, &chat("gpt-9", "hi", 4, false, Value::Null)).await;
     assert_eq!(unknown.status(), 404);
 
@@ -99,7 +100,7 @@ async fn requests_leave_prometheus_metrics_behind() {
     assert_eq!(metric(&page, "stopwise_http_requests_total", &["status=\"404\""]), Some(1.0));
     assert_eq!(metric(&page, "stopwise_http_requests_total", &["status=\"200\""]), Some(1.0));
     assert_eq!(metric(&page, "stopwise_time_to_first_token_seconds_count", &[model]), Some(1.0));
-    assert_eq!(metric(&page, "stopwise_stop_checkpoint_tokens_sum", &[model]), Some(64.0));
+    assert_eq!(metric(&page, "stopwise_stop_checkpoint_tokens_sum", &[model]), Some(checkpoint));
     assert_eq!(metric(&page, "stopwise_requests_in_flight", &[model]), Some(0.0));
     // Every series is stopwise's own.
     assert!(page.lines().filter(|l| !l.starts_with('#') && !l.is_empty()).all(|l| l.starts_with("stopwise_")));

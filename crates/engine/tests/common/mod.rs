@@ -7,8 +7,8 @@
 use std::path::{Path, PathBuf};
 
 use stopwise_engine::{
-    fetch_default_model, resolve_model, ChatMessage, Event, FinishReason, ProbePlan, Prompt, Request, RequestHandle,
-    Sampling,
+    fetch_default_model, resolve_model, ChatMessage, Event, FinishReason, ProbePlan, ProbeTrigger, Prompt, Request,
+    RequestHandle, Sampling,
 };
 
 pub const SYSTEM_PROMPT: &str = "Solve the math problem step by step. End with the line 'Final answer: <number>'.";
@@ -31,7 +31,11 @@ pub fn request(prompt: Prompt, max_tokens: u32, sampling: Sampling, probe: Optio
 }
 
 pub fn probe_every(interval: u32) -> Option<ProbePlan> {
-    Some(ProbePlan { suffix: "\n\nFinal answer: ".to_string(), max_tokens: 8, interval })
+    probe_plan(ProbeTrigger::Every(interval))
+}
+
+pub fn probe_plan(trigger: ProbeTrigger) -> Option<ProbePlan> {
+    Some(ProbePlan { suffix: "\n\nFinal answer: ".to_string(), max_tokens: 8, trigger })
 }
 
 /// Everything a request reported.
