@@ -27,6 +27,10 @@ use crate::request::{ClientRequest, Endpoint};
 use crate::session::{self, AbortOnDrop, Probes, StopPlan};
 use crate::sse::Frame;
 
+/// The API served, as OpenAPI 3.1 (kept by hand: the handlers take raw JSON so that every
+/// parameter reaches the upstream, which schema derives would not describe).
+pub const OPENAPI: &str = include_str!("../openapi.json");
+
 /// Pieces buffered between an upstream and its session: enough to absorb a burst, small enough
 /// that a stalled client pushes back on the upstream.
 const PIECE_BUFFER: usize = 64;
@@ -134,6 +138,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(render_metrics))
         .route("/admin/capabilities", get(admin_capabilities))
+        .route("/openapi.json", get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }))
         .fallback(|| async { ApiError { status: StatusCode::NOT_FOUND, ..ApiError::bad_json("no such endpoint") } })
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)

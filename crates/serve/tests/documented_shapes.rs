@@ -252,3 +252,35 @@ async fn admin_endpoints_need_the_token_when_one_is_set() {
     let report: Value = ok.json().await.unwrap();
     assert_eq!(report["routes"]["r1"]["stopping"], "off");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_path_in_the_openapi_document_is_served() {
+    let (upstream_url, _) = start_upstream(FIXTURES[0]).await;
+    let base = start(&route(&upstream_url, "\"never\"", "refuse"), None);
+    let doc: Value = reqwest::get(format!("{base}/openapi.json")).await.unwrap().json().await.unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+    let client = reqwest::Client::new();
+    let paths = doc["paths"].as_object().unwrap();
+    assert!(paths.len() >= 8, "{paths:?}");
+    for (path, operations) in paths {
+        for method in operations.as_object().unwrap().keys() {
+            let url = format!("{base}{path}");
+            let response = match method.as_str() {
+                "get" => client.get(&url).send().await.unwrap(),
+                "post" => client.post(&url).json(&json!({})).send().await.unwrap(),
+                other => panic!("{other} {path}: a method the test does not know"),
+            };
+            let status = response.status().as_u16();
+            let body = response.text().await.unwrap();
+            // An empty body gets a 400 naming the field; anything else answers.
+            assert!(matches!(status, 200 | 400 | 503), "{method} {path}: {status} {body}");
+            assert!(!body.contains("no such endpoint"), "{method} {path}");
+            assert!(
+                operations[method]["responses"][status.to_string()].is_object(),
+                "{method} {path}: {status} undocumented"
+            );
+        }
+    }
+    let missing = reqwest::get(format!("{base}/v1/embeddings")).await.unwrap();
+    assert_eq!(missing.status(), 404, "paths outside the document are not served");
+}
