@@ -407,6 +407,9 @@ impl State {
             "stopped": stop.is_some(),
             "stop_reason": stop.map(|_| plan.policy.label()),
             "checkpoint_tokens": stop.map(|s| s.checkpoint_tokens),
+            // Where the stream was cut: later than the checkpoint when the probe took a while,
+            // as the stream never waits for one.
+            "generated_tokens": self.tokens,
             "probes": self.probes,
             "probe_prompt_tokens": self.probe_prompt_tokens,
             "probe_completion_tokens": self.probe_completion_tokens,

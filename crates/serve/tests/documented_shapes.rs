@@ -146,6 +146,10 @@ async fn a_reasoning_stream_stops_inside_its_reasoning_and_answers_as_content() 
         assert_eq!(last["choices"][0]["finish_reason"], "stop");
         assert_eq!((&last["stopwise"]["stopped"], &last["stopwise"]["probes"]), (&json!(true), &json!(1)), "{last}");
         assert_eq!(last["stopwise"]["probe_prompt_tokens"], 71, "the probe's own usage is reported");
+        // The stream went on while the probe ran; the report says where it was cut.
+        let (checkpoint, cut) = (&last["stopwise"]["checkpoint_tokens"], &last["stopwise"]["generated_tokens"]);
+        assert!(checkpoint.as_u64().unwrap() >= 8 && cut.as_u64().unwrap() >= checkpoint.as_u64().unwrap(), "{last}");
+        assert_eq!(cut.as_u64().unwrap() as usize, forced_at - 1, "one token per chunk after the role chunk");
         // The probe continued the reasoning inside its block, closed it, and asked for the answer.
         let seen = upstream.seen.lock().unwrap();
         let probe = &seen.probes[0];

@@ -176,4 +176,33 @@ probe = {{ mode = "chatml_completions", upstream = "http://127.0.0.1:9/v1" }}
     let proxied_whole: Value = post(&proxy, &whole).await.json().await.unwrap();
     assert_eq!(proxied_whole["choices"], direct_whole["choices"]);
     assert_eq!(proxied_whole["choices"][0]["message"]["content"].as_str().unwrap(), direct.content());
+
+    // Raw completions: the same stream up to the stop point, the probe a raw continuation.
+    let prompt = format!("Question: {QUESTION}\nAnswer: Let's think step by step.");
+    let completion = json!({"model": "smol", "prompt": prompt, "max_tokens": 200, "temperature": 0, "stream": true});
+    let client = reqwest::Client::new();
+    let direct = client.post(format!("{}/completions", generator.base)).json(&completion).send().await.unwrap();
+    let direct = Streamed::parse(&direct.text().await.unwrap());
+    let mut stopping = completion.clone();
+    stopping["stopwise"] = json!({"policy": {"type": "budget", "max_tokens": 32}});
+    let on = client.post(format!("{proxy}/v1/completions")).json(&stopping).send().await.unwrap();
+    let on = Streamed::parse(&on.text().await.unwrap());
+    let last = on.last();
+    eprintln!("completion stopped: {last}");
+    assert_eq!((&last["stopwise"]["stopped"], &last["object"]), (&json!(true), &json!("text_completion")), "{last}");
+    let relayed = on.chunks.len() - 2;
+    assert!(relayed < direct.chunks.len(), "the stop came after the upstream had finished");
+    assert_eq!(comparable(&on.chunks[..relayed]), comparable(&direct.chunks[..relayed]));
+    let forced = on.chunks[relayed]["choices"][0]["text"].as_str().unwrap();
+    assert!(forced.starts_with("\n\n**Final Answer**: "), "{forced:?}");
+
+    // The start-up self-test, run again on demand: llama-cpp-python streams, and its second
+    // instance continues a raw ChatML prompt with log-probs.
+    let report: Value = reqwest::get(format!("{proxy}/admin/capabilities")).await.unwrap().json().await.unwrap();
+    eprintln!("capabilities: {report:#}");
+    let found = &report["routes"]["smol"]["capabilities"];
+    assert_eq!(found["streams"]["ok"], true, "{found}");
+    assert_eq!(found["prefill"]["ok"], true, "{found}");
+    assert_eq!(found["probe_logprobs"]["ok"], true, "{found}");
+    assert!(found["logprobs"]["ok"].is_boolean() && found["abort_on_disconnect"]["ok"].is_boolean(), "{found}");
 }
