@@ -38,7 +38,8 @@ const PIECE_BUFFER: usize = 64;
 pub struct AppState {
     routes: BTreeMap<String, Route>,
     engine: Option<Arc<dyn Engine>>,
-    client: reqwest::Client,
+    /// Per route: each carries the route's API key, if any, on every request.
+    clients: BTreeMap<String, reqwest::Client>,
     body_limit: usize,
     metrics: PrometheusHandle,
     admin_token: Option<String>,
@@ -54,10 +55,6 @@ impl AppState {
         if engine.is_none() && settings.routes.iter().any(|r| r.upstream == Upstream::Embedded) {
             return Err("a route uses the embedded engine but none was loaded".into());
         }
-        let client = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .build()
-            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
         let mut routes: BTreeMap<String, Route> =
             settings.routes.iter().map(|r| (r.model.clone(), r.clone())).collect();
         // The embedded default route also answers to the model file's name, as clients that list
@@ -68,11 +65,15 @@ impl AppState {
                 routes.insert(alias.model.clone(), alias);
             }
         }
+        let clients = routes
+            .values()
+            .map(|route| Ok((route.model.clone(), http_client(route.api_key.as_deref())?)))
+            .collect::<Result<_, String>>()?;
         let metrics = crate::metrics::handle()?;
         Ok(AppState {
             routes,
             engine,
-            client,
+            clients,
             body_limit: settings.body_limit,
             metrics,
             admin_token: settings.admin_token.clone(),
@@ -85,7 +86,7 @@ impl AppState {
     /// refuses to start, or runs without stopping when configured to degrade.
     pub async fn self_test(&mut self) -> Result<(), String> {
         for route in self.routes.values_mut() {
-            let found = capabilities::check(&self.client, route).await;
+            let found = capabilities::check(&self.clients[&route.model], route).await;
             if found.streams.ok.is_none() {
                 tracing::warn!(
                     "model `{}`: upstream not reachable, capabilities unknown: {}",
@@ -115,6 +116,27 @@ impl AppState {
             self.capabilities.insert(route.model.clone(), found);
         }
         Ok(())
+    }
+}
+
+fn http_client(api_key: Option<&str>) -> Result<reqwest::Client, String> {
+    let mut headers = header::HeaderMap::new();
+    if let Some(key) = api_key {
+        let mut value = header::HeaderValue::try_from(format!("Bearer {key}"))
+            .map_err(|_| "the API key holds characters a header cannot carry".to_owned())?;
+        value.set_sensitive(true);
+        headers.insert(header::AUTHORIZATION, value);
+    }
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .default_headers(headers)
+        .build()
+        .map_err(|e| format!("cannot build the HTTP client: {e}"))
+}
+
+impl AppState {
+    fn client(&self, route: &Route) -> &reqwest::Client {
+        &self.clients[&route.model]
     }
 }
 
@@ -163,7 +185,7 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiEr
         };
         for base in main.into_iter().chain(route.probe.upstream.as_deref()) {
             let url = format!("{}/models", base.trim_end_matches('/'));
-            let ok = state.client.get(&url).timeout(Duration::from_secs(2)).send().await;
+            let ok = state.client(route).get(&url).timeout(Duration::from_secs(2)).send().await;
             if !ok.is_ok_and(|r| r.status().is_success()) {
                 return Err(ApiError::unavailable(format!("upstream {url} of model `{}` is not ready", route.model)));
             }
@@ -186,7 +208,7 @@ async fn admin_capabilities(
     }
     let mut routes = Map::new();
     for route in state.routes.values() {
-        let found = capabilities::check(&state.client, route).await;
+        let found = capabilities::check(state.client(route), route).await;
         let upstream = match &route.upstream {
             Upstream::Embedded => "embedded".to_owned(),
             Upstream::Http(base) => base.clone(),
@@ -277,7 +299,7 @@ async fn complete(
             let url = format!("{base}/{}", endpoint.path());
             if !stopping && !req.stream {
                 let meter = Meter::start(&route.model, endpoint, started);
-                return passthrough(&state.client, &url, &upstream_body, meter).await;
+                return passthrough(state.client(route), &url, &upstream_body, meter).await;
             }
             // Stopping needs the tokens as they come, whatever the client asked for, and a rule
             // that reads log-probs needs them even when the client did not ask (they are then
@@ -288,8 +310,9 @@ async fn complete(
             if strip_logprobs {
                 upstream_body.insert("logprobs".into(), json!(true));
             }
-            let probes = stopping.then(|| Probes::Launch(Arc::new(http_prober(&state.client, route, &upstream_body))));
-            let producer = http_upstream::stream(state.client.clone(), url, upstream_body, strip_logprobs, tx);
+            let probes =
+                stopping.then(|| Probes::Launch(Arc::new(http_prober(state.client(route), route, &upstream_body))));
+            let producer = http_upstream::stream(state.client(route).clone(), url, upstream_body, strip_logprobs, tx);
             (tokio::spawn(producer), probes)
         }
     };

@@ -61,6 +61,9 @@ pub struct RouteConfig {
     pub upstream: String,
     /// The model name sent upstream (default: the client's).
     pub upstream_model: Option<String>,
+    /// The environment variable holding the upstream's API key, sent as `Authorization: Bearer`
+    /// (hosted endpoints); the key itself never sits in the file.
+    pub api_key_env: Option<String>,
     /// Preset name, `never` (no stopping), JSON text or `key = value` list, or a TOML table.
     pub policy: Option<PolicyField>,
     /// A certificate written by `stopwise calibrate` (or a policy JSON file) as the policy;
@@ -211,6 +214,8 @@ pub struct Route {
     pub model: String,
     pub upstream: Upstream,
     pub upstream_model: Option<String>,
+    /// Sent upstream as a bearer token.
+    pub api_key: Option<String>,
     pub policy: PolicySpec,
     pub task: Task,
     pub probe: ProbeConfig,
@@ -269,6 +274,7 @@ impl Config {
                 model: overrides.model_name.clone().unwrap_or_else(|| DEFAULT_MODEL_NAME.into()),
                 upstream: upstream.unwrap_or_else(|| EMBEDDED.into()),
                 upstream_model: None,
+                api_key_env: None,
                 policy: None,
                 policy_file: None,
                 task: None,
@@ -292,7 +298,13 @@ impl Config {
                     route.policy_file = None;
                     route.policy = Some(PolicyField::Text(text.clone()));
                 }
-                Route::resolve(i, route, &base_dir)
+                let api_key = match &route.api_key_env {
+                    None => None,
+                    Some(var) => Some(env(var).ok_or_else(|| {
+                        invalid(format!("routes[{i}].api_key_env"), format!("the variable `{var}` is not set"))
+                    })?),
+                };
+                Ok(Route { api_key, ..Route::resolve(i, route, &base_dir)? })
             })
             .collect::<Result<Vec<_>, _>>()?;
         for (i, route) in routes.iter().enumerate() {
@@ -355,6 +367,7 @@ impl Route {
             upstream: Upstream::parse(&key("upstream"), &route.upstream)?,
             model: route.model,
             upstream_model: route.upstream_model,
+            api_key: None,
             policy,
             task: route.task.unwrap_or(Task::Text),
             probe,
@@ -473,6 +486,20 @@ policy = "deer"
         let err = Config::load(&file).unwrap().resolve(&Overrides::default(), no_env).unwrap_err().to_string();
         assert!(err.contains("routes[0].policy_file") && err.contains("cert.json"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_api_key_comes_from_the_named_variable() {
+        let config = Config::parse(
+            "[[routes]]\nmodel = \"m\"\nupstream = \"https://api.example.com/v1\"\napi_key_env = \"KEY\"\npolicy = \"never\"",
+        )
+        .unwrap();
+        let env = |var: &str| (var == "KEY").then(|| "sk-1".to_owned());
+        let settings = config.clone().resolve(&Overrides::default(), env).unwrap();
+        assert_eq!(settings.routes[0].api_key.as_deref(), Some("sk-1"));
+        assert_eq!(settings.routes[0].upstream, Upstream::Http("https://api.example.com/v1".into()));
+        let err = config.resolve(&Overrides::default(), no_env).unwrap_err().to_string();
+        assert!(err.contains("routes[0].api_key_env") && err.contains("KEY"), "{err}");
     }
 
     #[test]

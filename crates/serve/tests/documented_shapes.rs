@@ -33,6 +33,7 @@ fn fixture(name: &str) -> String {
 struct Seen {
     streams: Vec<Value>,
     probes: Vec<Value>,
+    authorization: Vec<String>,
 }
 
 struct Upstream {
@@ -43,7 +44,13 @@ struct Upstream {
 /// Streams the fixture (a chunk every 10 ms, as a model would) and answers probes with the
 /// documented probe response (or, for the start-up check that a prefill is continued, goes on
 /// counting as a model that honours `continue_final_message` would).
-async fn chat(State(upstream): State<Arc<Upstream>>, Json(body): Json<Value>) -> Response {
+async fn chat(
+    State(upstream): State<Arc<Upstream>>,
+    headers: axum::http::HeaderMap,
+    Json(body): Json<Value>,
+) -> Response {
+    let authorization = headers.get("authorization").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+    upstream.seen.lock().unwrap().authorization.push(authorization);
     if body["continue_final_message"] == true {
         let mut answer: Value = serde_json::from_str(&fixture("vllm-probe-response.json")).unwrap();
         let prefill = body["messages"].as_array().unwrap().last().unwrap()["content"].as_str().unwrap().to_owned();
@@ -287,4 +294,28 @@ async fn every_path_in_the_openapi_document_is_served() {
     }
     let missing = reqwest::get(format!("{base}/v1/embeddings")).await.unwrap();
     assert_eq!(missing.status(), 404, "paths outside the document are not served");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_routes_api_key_reaches_the_upstream_on_every_request() {
+    let (upstream_url, upstream) = start_upstream(FIXTURES[0]).await;
+    let toml = format!(
+        "{}api_key_env = \"UPSTREAM_KEY\"\n",
+        route(&upstream_url, r#"{ type = "budget", max_tokens = 8 }"#, "refuse")
+    );
+    let env = |var: &str| (var == "UPSTREAM_KEY").then(|| "sk-test".to_owned());
+    let settings =
+        stopwise_serve::Config::parse(&toml).unwrap().resolve(&stopwise_serve::Overrides::default(), env).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { stopwise_serve::serve(&settings, None, listener).await.unwrap() });
+    let streamed = stream(&base, &request(true, Value::Null)).await;
+    assert_eq!(streamed.last()["stopwise"]["stopped"], true);
+    let seen = upstream.seen.lock().unwrap();
+    // The self-test's requests, the stream and its probe all carried the key.
+    assert!(
+        seen.authorization.len() >= 4 && seen.authorization.iter().all(|a| a == "Bearer sk-test"),
+        "{:?}",
+        seen.authorization
+    );
 }
