@@ -455,7 +455,7 @@ fn serve(settings: &stopwise_serve::Settings) -> Result<()> {
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
         let address = listener.local_addr()?;
         for route in &settings.routes {
-            eprintln!("model `{}` -> {:?}, policy {}", route.model, route.upstream, route.policy.label());
+            eprintln!("model `{}` -> {}, policy {}", route.model, route.upstream, route.policy.label());
         }
         // Tests and scripts wait for this line (the port may have been chosen by the OS).
         println!("listening on http://{address}");

@@ -209,10 +209,7 @@ async fn admin_capabilities(
     let mut routes = Map::new();
     for route in state.routes.values() {
         let found = capabilities::check(state.client(route), route).await;
-        let upstream = match &route.upstream {
-            Upstream::Embedded => "embedded".to_owned(),
-            Upstream::Http(base) => base.clone(),
-        };
+        let upstream = route.upstream.to_string();
         let stopping = match state.degraded.get(&route.model) {
             Some(why) => format!("off (degraded): {why}"),
             None if route.policy == PolicySpec::Never => "off".into(),

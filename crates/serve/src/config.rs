@@ -230,6 +230,15 @@ pub enum Upstream {
     Http(String),
 }
 
+impl std::fmt::Display for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Upstream::Embedded => f.write_str(EMBEDDED),
+            Upstream::Http(base) => f.write_str(base),
+        }
+    }
+}
+
 impl Upstream {
     fn parse(key: &str, text: &str) -> Result<Self, ConfigError> {
         if text == EMBEDDED {
