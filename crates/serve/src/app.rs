@@ -23,7 +23,7 @@ use crate::config::{OnMissing, Route, Settings, Upstream, DEFAULT_MODEL_NAME};
 use crate::error::ApiError;
 use crate::http_upstream::{self, HttpProber, ProbeInput};
 use crate::metrics::{Meter, Outcome};
-use crate::request::{ClientRequest, Endpoint};
+use crate::request::{ClientRequest, Endpoint, Input};
 use crate::session::{self, AbortOnDrop, Probes, StopPlan};
 use crate::sse::Frame;
 
@@ -276,8 +276,20 @@ async fn complete(
         }
     }
     // With stopping off an HTTP upstream gets the request as is, `n` included.
-    if req.n != 1 && (stopping || route.upstream == Upstream::Embedded) {
-        return Err(ApiError::invalid("n", "only n = 1 is supported when stopwise may stop or on the embedded model"));
+    if stopping || route.upstream == Upstream::Embedded {
+        if req.n != 1 {
+            return Err(ApiError::invalid(
+                "n",
+                "only n = 1 is supported when stopwise may stop or on the embedded model",
+            ));
+        }
+        if req.input == Input::Batch {
+            return Err(ApiError::invalid(
+                "prompt",
+                "one prompt as a string is supported when stopwise may stop or on the embedded model \
+                 (lists of prompts and token arrays pass through with `\"stopwise\": {\"disable\": true}`)",
+            ));
+        }
     }
     let (tx, rx) = mpsc::channel(PIECE_BUFFER);
     // `probes` is `Some` exactly when stopping is on.

@@ -24,11 +24,13 @@ pub fn submit(
     req: &ClientRequest,
     probe: Option<&ProbeConfig>,
 ) -> Result<RequestHandle, ApiError> {
+    let prompt = match &req.input {
+        Input::Messages(messages) => Prompt::Chat(messages.clone()),
+        Input::Prompt(prompt) => Prompt::Raw(prompt.clone()),
+        Input::Batch => return Err(ApiError::invalid("prompt", "the embedded model takes one prompt as a string")),
+    };
     let request = Request {
-        prompt: match &req.input {
-            Input::Messages(messages) => Prompt::Chat(messages.clone()),
-            Input::Prompt(prompt) => Prompt::Raw(prompt.clone()),
-        },
+        prompt,
         max_tokens: req.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
         sampling: Sampling {
             // OpenAI's defaults.

@@ -31,6 +31,9 @@ impl Endpoint {
 pub enum Input {
     Messages(Vec<ChatMessage>),
     Prompt(String),
+    /// Several prompts, or token arrays: passed to an HTTP upstream as they are when stopping is
+    /// off, refused otherwise (stopping follows one text).
+    Batch,
 }
 
 /// The request, as the upstream will see it (the `stopwise` extension removed), plus the fields
@@ -102,7 +105,7 @@ struct Part {
 }
 
 /// OpenAI also takes a list of prompts and token arrays; one text prompt is what stopping (and the
-/// embedded engine) can follow.
+/// embedded engine) can follow, the rest is passed through.
 #[derive(Deserialize)]
 #[serde(untagged)]
 enum PromptField {
@@ -147,19 +150,15 @@ impl ClientRequest {
                 }
                 Input::Messages(messages)
             }
-            Endpoint::Completions => Input::Prompt(match fields.prompt {
+            Endpoint::Completions => match fields.prompt {
                 None => return Err(ApiError::invalid("prompt", "field `prompt`: missing field `prompt`")),
-                Some(PromptField::Text(text)) => text,
+                Some(PromptField::Text(text)) => Input::Prompt(text),
                 Some(PromptField::Many(mut items)) => match (items.len(), items.pop()) {
-                    (1, Some(Value::String(text))) => text,
-                    _ => {
-                        return Err(ApiError::invalid(
-                            "prompt",
-                            "send one prompt as a string (lists of prompts and token arrays are not supported)",
-                        ))
-                    }
+                    (0, _) => return Err(ApiError::invalid("prompt", "must hold at least one prompt")),
+                    (1, Some(Value::String(text))) => Input::Prompt(text),
+                    _ => Input::Batch,
                 },
-            }),
+            },
         };
         raw.remove("stopwise");
         let extension = match fields.stopwise {
@@ -280,7 +279,9 @@ mod tests {
         assert_eq!(parse(br#"{"model":"m","prompt":["Once"],"max_tokens":5}"#).unwrap().max_tokens, Some(5));
         let param = |body: &[u8]| parse(body).unwrap_err().param;
         assert_eq!(param(br#"{"model":"m"}"#).as_deref(), Some("prompt"));
-        assert_eq!(param(br#"{"model":"m","prompt":[[1,2]]}"#).as_deref(), Some("prompt"));
+        assert_eq!(param(br#"{"model":"m","prompt":[]}"#).as_deref(), Some("prompt"));
+        assert_eq!(parse(br#"{"model":"m","prompt":[[1,2]]}"#).unwrap().input, Input::Batch);
+        assert_eq!(parse(br#"{"model":"m","prompt":["a","b"]}"#).unwrap().input, Input::Batch);
         assert_eq!(param(br#"{"model":"m","prompt":7}"#).as_deref(), Some("prompt"));
         // A chat request still needs its messages.
         let err = ClientRequest::parse(Endpoint::Chat, br#"{"model":"m","prompt":"x"}"#).unwrap_err();

@@ -68,6 +68,13 @@ async fn completions_stream_stop_and_match_their_non_streamed_twin() {
     default_length.as_object_mut().unwrap().remove("max_tokens");
     let short: Value = post_completion(&base, &default_length).await.json().await.unwrap();
     assert_eq!(short["usage"]["completion_tokens"], 16, "{short}");
+
+    // Several prompts: the embedded model follows one.
+    let batch = json!({"model": "default", "prompt": ["a", "b"], "max_tokens": 4});
+    let refused = post_completion(&base, &batch).await;
+    assert_eq!(refused.status(), 400);
+    let error: Value = refused.json().await.unwrap();
+    assert_eq!(error["error"]["param"], "prompt", "{error}");
 }
 
 /// The value of the metric line that starts with `prefix` (name and labels as Prometheus prints them).

@@ -319,3 +319,36 @@ async fn the_routes_api_key_reaches_the_upstream_on_every_request() {
         seen.authorization
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_concurrent_streams_each_stop_with_their_own_answer() {
+    let (upstream_url, upstream) = start_upstream(FIXTURES[2]).await;
+    let base = start_proxy(&upstream, &upstream_url);
+    let client = reqwest::Client::new();
+    let streams = (0..200).map(|_| {
+        let (client, base) = (client.clone(), base.clone());
+        tokio::spawn(async move {
+            let response = client
+                .post(format!("{base}/v1/chat/completions"))
+                .json(&request(true, Value::Null))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200);
+            Streamed::parse(&response.text().await.unwrap())
+        })
+    });
+    let streams = futures_util::future::join_all(streams).await;
+    for streamed in streams {
+        let streamed = streamed.unwrap();
+        assert!(streamed.done && streamed.error.is_none());
+        assert_eq!(streamed.last()["stopwise"]["stopped"], true, "{}", streamed.last());
+        let content =
+            streamed.chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect::<String>();
+        assert_eq!(content, "**Final Answer**: 72");
+    }
+    // One stream and (at least) one probe per request reached the upstream.
+    let seen = upstream.seen.lock().unwrap();
+    assert_eq!(seen.streams.len(), 200);
+    assert!(seen.probes.len() >= 200);
+}
