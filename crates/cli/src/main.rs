@@ -445,7 +445,18 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 fn serve(settings: &stopwise_serve::Settings) -> Result<()> {
-    tracing_subscriber::fmt().with_max_level(tracing::Level::INFO).with_writer(std::io::stderr).init();
+    use tracing_subscriber::filter::Targets;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    // llama.cpp reports every model load at length; its warnings are what an operator needs.
+    // RUST_LOG (`info,llama-cpp-2=debug`, ...) overrides.
+    let filter: Targets = std::env::var("RUST_LOG").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        Targets::new()
+            .with_default(tracing::Level::INFO)
+            .with_target("llama-cpp-2", tracing::Level::WARN)
+            .with_target("llama_cpp_2", tracing::Level::WARN)
+    });
+    tracing_subscriber::registry().with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr)).with(filter).init();
     // The model is loaded before the runtime starts, so no async worker ever waits on it.
     let engine = stopwise_serve::load_engine(settings).map_err(anyhow::Error::msg)?;
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
