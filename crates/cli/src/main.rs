@@ -456,7 +456,10 @@ fn serve(settings: &stopwise_serve::Settings) -> Result<()> {
             .with_target("llama-cpp-2", tracing::Level::WARN)
             .with_target("llama_cpp_2", tracing::Level::WARN)
     });
-    tracing_subscriber::registry().with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr)).with(filter).init();
+    tracing_subscriber::registry()
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(filter)
+        .init();
     // The model is loaded before the runtime starts, so no async worker ever waits on it.
     let engine = stopwise_serve::load_engine(settings).map_err(anyhow::Error::msg)?;
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;

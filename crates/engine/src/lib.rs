@@ -201,6 +201,8 @@ pub trait Engine: Send + Sync {
     /// Starts a request; events arrive on the returned handle. Dropping the handle cancels the
     /// request and frees its sequence.
     fn submit(&self, request: Request) -> Result<RequestHandle, EngineError>;
+    /// Current load (waiting and running requests, cancellations so far), for metrics.
+    fn stats(&self) -> EngineStats;
 }
 
 /// The receiving end of one request's events.

@@ -228,15 +228,6 @@ impl LlamaEngine {
         self.parallel
     }
 
-    /// Current load, for metrics and back-pressure decisions.
-    pub fn stats(&self) -> EngineStats {
-        EngineStats {
-            waiting: self.lock_queue().waiting.len(),
-            active: self.shared.active.load(Ordering::Relaxed),
-            cancelled: self.shared.cancelled.load(Ordering::Relaxed),
-        }
-    }
-
     fn prompt_tokens(&self, prompt: &Prompt) -> Result<Vec<LlamaToken>, EngineError> {
         let text = match prompt {
             Prompt::Chat(messages) => self.render_chat(messages)?,
@@ -279,6 +270,14 @@ impl LlamaEngine {
 impl Engine for LlamaEngine {
     fn model_name(&self) -> &str {
         &self.model_name
+    }
+
+    fn stats(&self) -> EngineStats {
+        EngineStats {
+            waiting: self.lock_queue().waiting.len(),
+            active: self.shared.active.load(Ordering::Relaxed),
+            cancelled: self.shared.cancelled.load(Ordering::Relaxed),
+        }
     }
 
     fn submit(&self, request: Request) -> Result<RequestHandle, EngineError> {

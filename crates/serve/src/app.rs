@@ -228,6 +228,9 @@ async fn admin_capabilities(
 }
 
 async fn render_metrics(State(state): State<Arc<AppState>>) -> Response {
+    if let Some(engine) = &state.engine {
+        crate::metrics::engine_load(&engine.stats());
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render()).into_response()
 }
 

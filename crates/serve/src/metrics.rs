@@ -48,7 +48,20 @@ fn describe() {
     describe_histogram!("stopwise_probe_duration_seconds", Unit::Seconds, "Time an HTTP probe took to answer");
     describe_histogram!("stopwise_time_to_first_token_seconds", Unit::Seconds, "From request to first generated text");
     describe_histogram!("stopwise_request_duration_seconds", Unit::Seconds, "From request to the end of its stream");
+    describe_gauge!("stopwise_engine_waiting_requests", "Embedded engine: requests waiting for a free sequence");
+    describe_gauge!("stopwise_engine_active_sequences", "Embedded engine: requests decoding now");
+    describe_counter!(
+        "stopwise_engine_cancelled_requests_total",
+        "Embedded engine: requests cancelled (stopped early or client gone)"
+    );
     describe_histogram!("stopwise_stop_checkpoint_tokens", Unit::Count, "Generated tokens at which requests stopped");
+}
+
+/// The embedded engine's load, read at scrape time.
+pub fn engine_load(stats: &stopwise_engine::EngineStats) {
+    gauge!("stopwise_engine_waiting_requests").set(stats.waiting as f64);
+    gauge!("stopwise_engine_active_sequences").set(stats.active as f64);
+    counter!("stopwise_engine_cancelled_requests_total").absolute(stats.cancelled);
 }
 
 /// An answered HTTP request.

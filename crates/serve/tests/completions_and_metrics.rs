@@ -109,6 +109,21 @@ async fn requests_leave_prometheus_metrics_behind() {
     assert_eq!(metric(&page, "stopwise_time_to_first_token_seconds_count", &[model]), Some(1.0));
     assert_eq!(metric(&page, "stopwise_stop_checkpoint_tokens_sum", &[model]), Some(checkpoint));
     assert_eq!(metric(&page, "stopwise_requests_in_flight", &[model]), Some(0.0));
+    // The embedded engine's load, read at each scrape: the stopped request's sequence is freed
+    // (and counted as cancelled) once the engine reaches its next token.
+    let mut engine_load = (None, None);
+    for _ in 0..100 {
+        let page = reqwest::get(format!("{base}/metrics")).await.unwrap().text().await.unwrap();
+        engine_load = (
+            metric(&page, "stopwise_engine_active_sequences", &[]),
+            metric(&page, "stopwise_engine_cancelled_requests_total", &[]),
+        );
+        if engine_load == (Some(0.0), Some(1.0)) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(engine_load, (Some(0.0), Some(1.0)));
     // Every series is stopwise's own.
     assert!(page.lines().filter(|l| !l.starts_with('#') && !l.is_empty()).all(|l| l.starts_with("stopwise_")));
 }
