@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 use crate::capabilities::{self, Capabilities};
 use crate::config::{OnMissing, Route, Settings, Upstream, DEFAULT_MODEL_NAME};
 use crate::error::ApiError;
-use crate::http_upstream::{self, HttpProber, ProbeInput};
+use crate::http_upstream::{self, Added, HttpProber, ProbeInput};
 use crate::metrics::{Meter, Outcome};
 use crate::request::{ClientRequest, Endpoint, Input};
 use crate::session::{self, AbortOnDrop, Probes, StopPlan};
@@ -317,14 +317,19 @@ async fn complete(
             // that reads log-probs needs them even when the client did not ask (they are then
             // taken out of what it receives).
             upstream_body.insert("stream".into(), json!(true));
-            let strip_logprobs =
-                stopping && policy.reads_token_logprobs() && upstream_body.get("logprobs") != Some(&json!(true));
-            if strip_logprobs {
+            let mut added = Added::default();
+            if stopping && policy.reads_token_logprobs() && upstream_body.get("logprobs") != Some(&json!(true)) {
+                added.logprobs = true;
                 upstream_body.insert("logprobs".into(), json!(true));
+            }
+            let running_usage =
+                state.capabilities.get(&route.model).is_some_and(|c| c.usage_in_stream.ok == Some(true));
+            if stopping && running_usage {
+                added = ask_running_usage(&mut upstream_body, added);
             }
             let probes =
                 stopping.then(|| Probes::Launch(Arc::new(http_prober(state.client(route), route, &upstream_body))));
-            let producer = http_upstream::stream(state.client(route).clone(), url, upstream_body, strip_logprobs, tx);
+            let producer = http_upstream::stream(state.client(route).clone(), url, upstream_body, added, tx);
             (tokio::spawn(producer), probes)
         }
     };
@@ -373,6 +378,21 @@ fn http_prober(client: &reqwest::Client, route: &Route, body: &Map<String, Value
         timeout: Duration::from_millis(route.probe.timeout_ms),
         default_system: route.probe.default_system.clone(),
     }
+}
+
+/// Asks an upstream that can (vLLM) for the usage in every chunk, so that stopwise counts tokens
+/// exactly however many a chunk carries, and knows the prompt's; what the client did not ask for
+/// is taken out again.
+fn ask_running_usage(body: &mut Map<String, Value>, mut added: Added) -> Added {
+    let mut options = body.get("stream_options").and_then(Value::as_object).cloned().unwrap_or_default();
+    let asked = |options: &Map<String, Value>, key: &str| options.get(key) == Some(&json!(true));
+    added.counts_from_usage = true;
+    added.running_usage = !asked(&options, "continuous_usage_stats");
+    added.final_usage = !asked(&options, "include_usage");
+    options.insert("include_usage".into(), json!(true));
+    options.insert("continuous_usage_stats".into(), json!(true));
+    body.insert("stream_options".into(), Value::Object(options));
+    added
 }
 
 /// The one prompt of a completions request, which parsing has checked is a string or a list of

@@ -48,6 +48,10 @@ pub struct Capabilities {
     pub prefill: Check,
     /// After a client hangs up mid-stream the upstream is free for the next request at once.
     pub abort_on_disconnect: Check,
+    /// Running usage in every chunk (`stream_options.continuous_usage_stats`, vLLM): exact
+    /// token counts when chunks carry several tokens, and the prompt's. Optional: without it
+    /// a chunk counts as one token unless it carries log-probs.
+    pub usage_in_stream: Check,
 }
 
 impl Capabilities {
@@ -59,6 +63,7 @@ impl Capabilities {
             probe_logprobs: yes("probe token probabilities"),
             prefill: yes("probes decode after the generated tokens and roll the KV cache back"),
             abort_on_disconnect: yes("a dropped request frees its sequence at the next token"),
+            usage_in_stream: yes("every token is an event"),
         }
     }
 
@@ -91,7 +96,39 @@ pub async fn check(client: &reqwest::Client, route: &Route) -> Capabilities {
         Some(true) => check_abort(client, base, &model).await,
         _ => Check::unknown("needs streaming"),
     };
-    Capabilities { streams, logprobs, probe_logprobs, prefill, abort_on_disconnect }
+    let usage_in_stream = match streams.ok {
+        Some(true) => check_running_usage(client, base, &model).await,
+        _ => Check::unknown("needs streaming"),
+    };
+    Capabilities { streams, logprobs, probe_logprobs, prefill, abort_on_disconnect, usage_in_stream }
+}
+
+async fn check_running_usage(client: &reqwest::Client, base: &str, model: &Value) -> Check {
+    let url = format!("{base}/{}", Endpoint::Chat.path());
+    let mut request = count_request(model, 4, true);
+    request["logprobs"] = json!(false);
+    request["stream_options"] = json!({"include_usage": true, "continuous_usage_stats": true});
+    let response = match client.post(&url).json(&request).timeout(TIMEOUT).send().await {
+        Ok(response) if response.status().is_success() => response,
+        Ok(response) => return Check::no(format!("`continuous_usage_stats` answered {}", response.status())),
+        Err(e) => return Check::unknown(format!("{url}: {e}")),
+    };
+    let mut parser = SseParser::default();
+    let (mut with_choices, mut with_usage) = (0, 0);
+    let mut bytes = response.bytes_stream();
+    while let Some(Ok(part)) = bytes.next().await {
+        for event in parser.push(&part) {
+            let chunk: Value = serde_json::from_str(&event.data).unwrap_or_default();
+            if chunk["choices"].as_array().is_some_and(|c| !c.is_empty()) {
+                with_choices += 1;
+                with_usage += usize::from(chunk["usage"]["completion_tokens"].is_u64());
+            }
+        }
+    }
+    match (with_choices, with_usage) {
+        (n, m) if n > 0 && m == n => Check::yes(format!("usage in all {n} chunks")),
+        (n, m) => Check::no(format!("usage in {m} of {n} chunks with choices")),
+    }
 }
 
 const COUNT: &str = "Count from 1 to 100, separated by commas.";

@@ -14,17 +14,31 @@ use crate::session::{Head, Piece, ProbeFuture, ProbeOutcome, Prober};
 use crate::shape::delta_text;
 use crate::sse::SseParser;
 
+/// What stopwise asked of the upstream that the client did not, to be read and then taken out of
+/// what the client receives.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Added {
+    /// `logprobs: true`, for a rule that reads token log-probs.
+    pub logprobs: bool,
+    /// `stream_options.continuous_usage_stats` (vLLM): exact token counts in every chunk, which
+    /// stopwise counts by (whoever asked for them).
+    pub counts_from_usage: bool,
+    /// The client did not ask for those running counts.
+    pub running_usage: bool,
+    /// `stream_options.include_usage`: the last chunk with the usage and no choices.
+    pub final_usage: bool,
+}
+
 /// POSTs `body` to `url` (an upstream's chat or completions endpoint) and reports the streamed
-/// chunks as pieces. `strip_logprobs`: stopwise asked for log-probs the client did not, so they
-/// are read and then removed from what the client receives.
+/// chunks as pieces.
 pub async fn stream(
     client: reqwest::Client,
     url: String,
     body: Map<String, Value>,
-    strip_logprobs: bool,
+    added: Added,
     tx: mpsc::Sender<Piece>,
 ) {
-    let failed = match stream_inner(&client, &url, &body, strip_logprobs, &tx).await {
+    let failed = match stream_inner(&client, &url, &body, added, &tx).await {
         Ok(()) => return,
         Err(e) => e,
     };
@@ -36,7 +50,7 @@ async fn stream_inner(
     client: &reqwest::Client,
     url: &str,
     body: &Map<String, Value>,
-    strip_logprobs: bool,
+    added: Added,
     tx: &mpsc::Sender<Piece>,
 ) -> Result<(), ApiError> {
     let response = client.post(url).json(body).send().await.map_err(|e| ApiError::upstream(format!("{url}: {e}")))?;
@@ -48,6 +62,8 @@ async fn stream_inner(
     let mut parser = SseParser::default();
     let mut bytes = response.bytes_stream();
     let mut head_sent = false;
+    // Completion tokens counted so far, when the upstream reports them running.
+    let mut counted = 0;
     while let Some(part) = bytes.next().await {
         let part = part.map_err(|e| ApiError::upstream(format!("the upstream broke off the stream: {e}")))?;
         for event in parser.push(&part) {
@@ -74,13 +90,22 @@ async fn stream_inner(
             if let Some(n) = chunk["usage"]["prompt_tokens"].as_u64() {
                 let _ = tx.send(Piece::PromptTokens(n as u32)).await;
             }
+            let usage_only = chunk["choices"].as_array().is_some_and(Vec::is_empty);
+            if usage_only && added.final_usage {
+                continue;
+            }
             let mut piece = chunk_piece(&chunk, event.data);
-            if let (true, Piece::Chunk { data, .. }) = (strip_logprobs, &mut piece) {
-                let mut chunk = chunk;
-                if let Some(choices) = chunk["choices"].as_array_mut() {
-                    choices.iter_mut().for_each(|c| c["logprobs"] = Value::Null);
+            if let Piece::Chunk { data, tokens, .. } = &mut piece {
+                let running =
+                    chunk["usage"]["completion_tokens"].as_u64().filter(|_| added.counts_from_usage && !usage_only);
+                if let Some(total) = running {
+                    // Exact, even when a chunk carries several tokens.
+                    *tokens = (total as u32).saturating_sub(counted);
+                    counted = total as u32;
                 }
-                *data = chunk.to_string();
+                if added != Added::default() {
+                    *data = without_added(chunk, added).to_string();
+                }
             }
             if tx.send(piece).await.is_err() {
                 return Ok(());
@@ -88,6 +113,22 @@ async fn stream_inner(
         }
     }
     Err(ApiError::upstream("the upstream closed the stream before `data: [DONE]`"))
+}
+
+/// The chunk as the client would have received it without stopwise's additions.
+fn without_added(mut chunk: Value, added: Added) -> Value {
+    if added.logprobs {
+        if let Some(choices) = chunk["choices"].as_array_mut() {
+            choices.iter_mut().for_each(|c| c["logprobs"] = Value::Null);
+        }
+    }
+    // The usage-only last chunk keeps its usage: the client asked for it (or it was dropped).
+    if added.running_usage && !chunk["choices"].as_array().is_some_and(Vec::is_empty) {
+        if let Some(object) = chunk.as_object_mut() {
+            object.remove("usage");
+        }
+    }
+    chunk
 }
 
 /// What one upstream chunk adds. A chunk with text counts as one token unless it carries

@@ -38,8 +38,14 @@ struct Seen {
 
 struct Upstream {
     chunks: Vec<String>,
+    /// vLLM reports running usage when asked (`stream_options.continuous_usage_stats`); its
+    /// chunks may carry several tokens, here two each.
+    running_usage: bool,
     seen: Mutex<Seen>,
 }
+
+/// Tokens per text chunk in the fake upstream's running usage.
+const TOKENS_PER_CHUNK: u64 = 2;
 
 /// Streams the fixture (a chunk every 10 ms, as a model would) and answers probes with the
 /// documented probe response (or, for the start-up check that a prefill is continued, goes on
@@ -60,9 +66,33 @@ async fn chat(
         upstream.seen.lock().unwrap().probes.push(body);
         return Json(answer).into_response();
     }
+    let options = &body["stream_options"];
+    let (include_usage, running) = (options["include_usage"] == true, options["continuous_usage_stats"] == true);
+    let mut completion_tokens = 0;
+    let chunks: Vec<String> = upstream
+        .chunks
+        .iter()
+        .filter_map(|c| {
+            let mut chunk: Value = serde_json::from_str(c).unwrap();
+            let usage_only = chunk["choices"].as_array().unwrap().is_empty();
+            if usage_only && !include_usage {
+                return None;
+            }
+            if running && upstream.running_usage && !usage_only {
+                let (content, reasoning) = (&chunk["choices"][0]["delta"]["content"], reasoning_of(&chunk));
+                if content.as_str().is_some_and(|t| !t.is_empty()) || !reasoning.is_empty() {
+                    completion_tokens += TOKENS_PER_CHUNK;
+                }
+                chunk["usage"] = json!({"prompt_tokens": 38, "completion_tokens": completion_tokens,
+                                        "total_tokens": 38 + completion_tokens});
+                return Some(chunk.to_string());
+            }
+            Some(c.clone())
+        })
+        .collect();
     upstream.seen.lock().unwrap().streams.push(body);
     let frames: Vec<String> =
-        upstream.chunks.iter().map(|c| format!("data: {c}\n\n")).chain(["data: [DONE]\n\n".to_owned()]).collect();
+        chunks.iter().map(|c| format!("data: {c}\n\n")).chain(["data: [DONE]\n\n".to_owned()]).collect();
     let body = futures_util::stream::iter(frames).then(|frame| async move {
         tokio::time::sleep(Duration::from_millis(10)).await;
         Ok::<_, std::convert::Infallible>(Bytes::from(frame))
@@ -72,7 +102,7 @@ async fn chat(
 
 async fn start_upstream(name: &str) -> (String, Arc<Upstream>) {
     let chunks = fixture(name).lines().map(str::to_owned).collect();
-    let upstream = Arc::new(Upstream { chunks, seen: Mutex::default() });
+    let upstream = Arc::new(Upstream { chunks, running_usage: name.starts_with("vllm"), seen: Mutex::default() });
     let app = Router::new().route("/v1/chat/completions", post_route(chat)).with_state(upstream.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
@@ -156,7 +186,14 @@ async fn a_reasoning_stream_stops_inside_its_reasoning_and_answers_as_content() 
         // The stream went on while the probe ran; the report says where it was cut.
         let (checkpoint, cut) = (&last["stopwise"]["checkpoint_tokens"], &last["stopwise"]["generated_tokens"]);
         assert!(checkpoint.as_u64().unwrap() >= 8 && cut.as_u64().unwrap() >= checkpoint.as_u64().unwrap(), "{last}");
-        assert_eq!(cut.as_u64().unwrap() as usize, forced_at - 1, "one token per chunk after the role chunk");
+        // vLLM counts exactly (running usage, two tokens a chunk in this fake); SGLang's chunks
+        // count one token each.
+        let per_chunk = if upstream.running_usage { TOKENS_PER_CHUNK } else { 1 };
+        assert_eq!(cut.as_u64().unwrap(), per_chunk * (forced_at as u64 - 1), "{name}: {last}");
+        let prompt_tokens = if upstream.running_usage { 38 } else { 0 };
+        assert_eq!(last["usage"]["prompt_tokens"], prompt_tokens, "{name}: {last}");
+        // What stopwise asked for on its own (running usage) never reaches the client.
+        assert!(streamed.chunks.iter().all(|c| c["usage"].is_null() || c == last), "{name}");
         // The probe continued the reasoning inside its block, closed it, and asked for the answer.
         let seen = upstream.seen.lock().unwrap();
         let probe = &seen.probes[0];
@@ -237,6 +274,8 @@ async fn a_policy_that_needs_missing_log_probs_refuses_to_start_or_degrades() {
         (&json!(true), &json!(true))
     );
     assert!(r1["stopping"].as_str().unwrap().starts_with("off (degraded)"), "{r1}");
+    // vLLM reports running usage when asked: token counts are exact on this route.
+    assert_eq!(r1["capabilities"]["usage_in_stream"]["ok"], true, "{r1}");
     // Degraded: the route is a plain proxy, and a request asking for the same policy is told why not.
     *upstream.seen.lock().unwrap() = Seen::default();
     let streamed = stream(&base, &request(true, Value::Null)).await;

@@ -204,5 +204,7 @@ probe = {{ mode = "chatml_completions", upstream = "http://127.0.0.1:9/v1" }}
     assert_eq!(found["streams"]["ok"], true, "{found}");
     assert_eq!(found["prefill"]["ok"], true, "{found}");
     assert_eq!(found["probe_logprobs"]["ok"], true, "{found}");
-    assert!(found["logprobs"]["ok"].is_boolean() && found["abort_on_disconnect"]["ok"].is_boolean(), "{found}");
+    for name in ["logprobs", "abort_on_disconnect", "usage_in_stream"] {
+        assert!(found[name]["ok"].is_boolean(), "{name}: {found}");
+    }
 }
