@@ -43,7 +43,10 @@ fn describe() {
     );
     describe_gauge!("stopwise_requests_in_flight", "Completions streaming now");
     describe_counter!("stopwise_completion_tokens_total", Unit::Count, "Generated tokens delivered to clients");
-    describe_counter!("stopwise_probes_total", "Probes by result: answered or failed (failures fail open)");
+    describe_counter!(
+        "stopwise_probes_total",
+        "Probes by result: answered, failed (fail open), given_up (engine probe not back by the next checkpoint), late"
+    );
     describe_counter!("stopwise_probe_tokens_total", Unit::Count, "Tokens probes cost, by kind: prompt or completion");
     describe_histogram!("stopwise_probe_duration_seconds", Unit::Seconds, "Time an HTTP probe took to answer");
     describe_histogram!("stopwise_time_to_first_token_seconds", Unit::Seconds, "From request to first generated text");
@@ -89,6 +92,30 @@ impl Outcome {
     }
 }
 
+/// What became of a probe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProbeResult {
+    /// Its answer reached the rule.
+    Answered,
+    /// The request failed or timed out (the stream went on: fail open).
+    Failed,
+    /// An engine probe not back by the next checkpoint, which was asked for instead.
+    GivenUp,
+    /// A given-up engine probe that came after all: paid for, read by nobody.
+    Late,
+}
+
+impl ProbeResult {
+    fn label(self) -> &'static str {
+        match self {
+            ProbeResult::Answered => "answered",
+            ProbeResult::Failed => "failed",
+            ProbeResult::GivenUp => "given_up",
+            ProbeResult::Late => "late",
+        }
+    }
+}
+
 /// One completion's measurements, recorded when it is dropped: a session that ends any way at
 /// all (the client gone included) is counted once.
 #[derive(Debug)]
@@ -127,10 +154,15 @@ impl Meter {
         }
     }
 
-    pub fn probe(&self, answered: bool, prompt_tokens: Option<u32>, completion_tokens: u32, took: Option<Duration>) {
+    pub fn probe(
+        &self,
+        result: ProbeResult,
+        prompt_tokens: Option<u32>,
+        completion_tokens: u32,
+        took: Option<Duration>,
+    ) {
         let model = self.model.clone();
-        let result = if answered { "answered" } else { "failed" };
-        counter!("stopwise_probes_total", "model" => model.clone(), "result" => result).increment(1);
+        counter!("stopwise_probes_total", "model" => model.clone(), "result" => result.label()).increment(1);
         if let Some(n) = prompt_tokens {
             counter!("stopwise_probe_tokens_total", "model" => model.clone(), "kind" => "prompt").increment(n.into());
         }

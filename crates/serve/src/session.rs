@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::error::ApiError;
-use crate::metrics::{Meter, Outcome};
+use crate::metrics::{Meter, Outcome, ProbeResult};
 use crate::request::Endpoint;
 pub use crate::shape::Head;
 use crate::sse::Frame;
@@ -159,7 +159,7 @@ pub async fn run(
                 if let Some(Err(why)) = failed {
                     tracing::warn!("probe failed, continuing without it: {why}");
                 }
-                state.probe_failed();
+                state.probe_failed(ProbeResult::Failed);
                 continue;
             }
             Event::Piece(Some(Piece::Finished { finish_reason })) => {
@@ -272,7 +272,7 @@ impl State {
         // It is given up as failed: one that has not come by the next checkpoint is late to
         // matter, and one that no longer fits in the context never comes; this checkpoint is
         // asked for instead.
-        self.probe_failed();
+        self.probe_failed(ProbeResult::GivenUp);
         let checkpoint = self.take_segment(self.tokens);
         let (_, rule) = self.plan.as_mut()?;
         if !rule.needs_probe(&checkpoint) {
@@ -320,9 +320,9 @@ impl State {
     }
 
     /// A probe in flight failed or was given up: the rule sees its checkpoint without an answer.
-    fn probe_failed(&mut self) {
+    fn probe_failed(&mut self, result: ProbeResult) {
         if let (Some((checkpoint, sent)), Some((_, rule))) = (self.pending.take(), self.plan.as_mut()) {
-            self.meter.probe(false, None, 0, Some(sent.elapsed()));
+            self.meter.probe(result, None, 0, Some(sent.elapsed()));
             rule.decide(&checkpoint);
         }
     }
@@ -339,10 +339,15 @@ impl State {
         // `after_tokens` reports where the stream is cut. An engine probe given up at the next
         // checkpoint that still comes is paid for but too late for the rule.
         let Some((skeleton, asked_at)) = self.pending.take() else {
-            self.meter.probe(true, outcome.prompt_tokens, outcome.completion_tokens, None);
+            self.meter.probe(ProbeResult::Late, outcome.prompt_tokens, outcome.completion_tokens, None);
             return None;
         };
-        self.meter.probe(true, outcome.prompt_tokens, outcome.completion_tokens, Some(asked_at.elapsed()));
+        self.meter.probe(
+            ProbeResult::Answered,
+            outcome.prompt_tokens,
+            outcome.completion_tokens,
+            Some(asked_at.elapsed()),
+        );
         let (plan, rule) = self.plan.as_mut()?;
         let checkpoint = Checkpoint {
             answer: answer::extract(plan.task, &outcome.text),
