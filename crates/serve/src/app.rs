@@ -329,7 +329,8 @@ async fn complete(
             }
             let probes =
                 stopping.then(|| Probes::Launch(Arc::new(http_prober(state.client(route), route, &upstream_body))));
-            let producer = http_upstream::stream(state.client(route).clone(), url, upstream_body, added, tx);
+            let producer =
+                http_upstream::stream(state.client(route).clone(), url, upstream_body, added, route.idle_timeout, tx);
             (tokio::spawn(producer), probes)
         }
     };
@@ -341,6 +342,7 @@ async fn complete(
         reasoning_open: route.probe.reasoning_open.clone(),
         reasoning_close: route.probe.reasoning_close.clone(),
         max_tokens: req.max_tokens,
+        max_probes: route.probe.max_probes,
         stop: req.stop.clone(),
         probes,
     });

@@ -90,25 +90,26 @@ pub async fn check(client: &reqwest::Client, route: &Route) -> Capabilities {
         return Capabilities::embedded();
     };
     let model = json!(route.upstream_model.as_deref().unwrap_or(&route.model));
-    let (streams, logprobs) = check_stream(client, base, &model).await;
-    let (prefill, probe_logprobs) = check_prefill(client, route, &model).await;
+    let limit = route.idle_timeout.min(CHECK_TIME_LIMIT);
+    let (streams, logprobs) = check_stream(client, base, &model, limit).await;
+    let (prefill, probe_logprobs) = check_prefill(client, route, &model, limit).await;
     let abort_on_disconnect = match streams.ok {
-        Some(true) => check_abort(client, base, &model).await,
+        Some(true) => check_abort(client, base, &model, limit).await,
         _ => Check::unknown("needs streaming"),
     };
     let usage_in_stream = match streams.ok {
-        Some(true) => check_running_usage(client, base, &model).await,
+        Some(true) => check_running_usage(client, base, &model, limit).await,
         _ => Check::unknown("needs streaming"),
     };
     Capabilities { streams, logprobs, probe_logprobs, prefill, abort_on_disconnect, usage_in_stream }
 }
 
-async fn check_running_usage(client: &reqwest::Client, base: &str, model: &Value) -> Check {
+async fn check_running_usage(client: &reqwest::Client, base: &str, model: &Value, limit: Duration) -> Check {
     let url = format!("{base}/{}", Endpoint::Chat.path());
     let mut request = count_request(model, 4, true);
     request["logprobs"] = json!(false);
     request["stream_options"] = json!({"include_usage": true, "continuous_usage_stats": true});
-    let response = match client.post(&url).json(&request).timeout(TIMEOUT).send().await {
+    let response = match client.post(&url).json(&request).timeout(limit).send().await {
         Ok(response) if response.status().is_success() => response,
         Ok(response) => return Check::no(format!("`continuous_usage_stats` answered {}", response.status())),
         Err(e) => return Check::unknown(format!("{url}: {e}")),
@@ -138,9 +139,9 @@ fn count_request(model: &Value, max_tokens: u32, stream: bool) -> Value {
            "temperature": 0, "stream": stream, "logprobs": stream})
 }
 
-async fn check_stream(client: &reqwest::Client, base: &str, model: &Value) -> (Check, Check) {
+async fn check_stream(client: &reqwest::Client, base: &str, model: &Value, limit: Duration) -> (Check, Check) {
     let url = format!("{base}/{}", Endpoint::Chat.path());
-    let response = match client.post(&url).json(&count_request(model, 4, true)).timeout(TIMEOUT).send().await {
+    let response = match client.post(&url).json(&count_request(model, 4, true)).timeout(limit).send().await {
         Ok(response) => response,
         Err(e) => return (Check::unknown(format!("{url}: {e}")), Check::unknown("needs streaming")),
     };
@@ -183,7 +184,7 @@ async fn check_stream(client: &reqwest::Client, base: &str, model: &Value) -> (C
 
 /// A probe on "1, 2, … 7," must go on counting: a server that ignores the prefill starts a new
 /// assistant turn instead.
-async fn check_prefill(client: &reqwest::Client, route: &Route, model: &Value) -> (Check, Check) {
+async fn check_prefill(client: &reqwest::Client, route: &Route, model: &Value, limit: Duration) -> (Check, Check) {
     let Some(base) = route.probe_base() else {
         return (Check::unknown("no probe upstream"), Check::unknown("no probe upstream"));
     };
@@ -195,7 +196,7 @@ async fn check_prefill(client: &reqwest::Client, route: &Route, model: &Value) -
         input: ProbeInput::Messages(std::sync::Arc::new(vec![json!({"role": "user", "content": COUNT})])),
         suffix: " ".into(),
         max_tokens: 4,
-        timeout: TIMEOUT,
+        timeout: limit,
         default_system: route.probe.default_system.clone(),
     };
     match prober.probe("1, 2, 3, 4, 5, 6, 7,".into(), 0).await {
@@ -222,15 +223,15 @@ async fn check_prefill(client: &reqwest::Client, route: &Route, model: &Value) -
 /// Starts a long stream, hangs up after its first chunk, and times a one-token request against
 /// the same request alone. A server that keeps generating for the gone client makes the second
 /// wait (one-slot servers) or at least share its compute.
-async fn check_abort(client: &reqwest::Client, base: &str, model: &Value) -> Check {
+async fn check_abort(client: &reqwest::Client, base: &str, model: &Value, limit: Duration) -> Check {
     let url = format!("{base}/{}", Endpoint::Chat.path());
-    let one_token = || client.post(&url).json(&count_request(model, 1, false)).timeout(TIMEOUT).send();
+    let one_token = || client.post(&url).json(&count_request(model, 1, false)).timeout(limit).send();
     let started = Instant::now();
     if one_token().await.is_err() {
         return Check::unknown("a one-token request failed");
     }
     let alone = started.elapsed();
-    let long = client.post(&url).json(&count_request(model, 256, true)).timeout(TIMEOUT).send().await;
+    let long = client.post(&url).json(&count_request(model, 256, true)).timeout(limit).send().await;
     let Ok(long) = long else { return Check::unknown("the long request failed") };
     let mut bytes = long.bytes_stream();
     let _ = bytes.next().await;
@@ -249,4 +250,5 @@ async fn check_abort(client: &reqwest::Client, base: &str, model: &Value) -> Che
     }
 }
 
-const TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest any one check request may take (less when the route's idle timeout is shorter).
+const CHECK_TIME_LIMIT: Duration = Duration::from_secs(30);

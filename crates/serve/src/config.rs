@@ -17,6 +17,7 @@ pub const DEFAULT_MODEL_NAME: &str = "default";
 pub const DEFAULT_POLICY: &str = "dynasor-cot";
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_BODY_LIMIT: usize = 8 * 1024 * 1024;
+pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 120_000;
 pub const DEFAULT_ANSWER_TEMPLATE: &str = "\n\n**Final Answer**: {answer}";
 
 /// The file as written.
@@ -75,6 +76,9 @@ pub struct RouteConfig {
     pub probe: ProbeConfig,
     /// What the client receives when stopwise stops; `{answer}` is replaced by the probed answer.
     pub answer_template: Option<String>,
+    /// An HTTP upstream that sends nothing for this long is given up (504; an SSE error event once
+    /// streaming). Default 120000.
+    pub idle_timeout_ms: Option<u64>,
     /// When the upstream lacks a capability the policy needs: `refuse` to start (default), or
     /// `degrade` to serving the route without stopping.
     #[serde(default)]
@@ -107,6 +111,10 @@ pub struct ProbeConfig {
     pub suffix: String,
     #[serde(default = "default_probe_max_tokens")]
     pub max_tokens: u32,
+    /// At most this many probes per request; later checkpoints go unprobed (the rule cannot
+    /// stop there), which bounds what a long generation can spend on probes.
+    #[serde(default = "default_max_probes")]
+    pub max_probes: u32,
     /// A probe slower than this is abandoned (the request goes on as if it had not been made).
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
@@ -133,6 +141,7 @@ impl Default for ProbeConfig {
             interval: default_interval(),
             suffix: default_suffix(),
             max_tokens: default_probe_max_tokens(),
+            max_probes: default_max_probes(),
             timeout_ms: default_timeout_ms(),
             mode: ProbeMode::default(),
             upstream: None,
@@ -167,6 +176,9 @@ fn default_probe_max_tokens() -> u32 {
 }
 fn default_timeout_ms() -> u64 {
     10_000
+}
+fn default_max_probes() -> u32 {
+    64
 }
 fn default_reasoning_open() -> String {
     "<think>\n".into()
@@ -220,6 +232,7 @@ pub struct Route {
     pub task: Task,
     pub probe: ProbeConfig,
     pub answer_template: String,
+    pub idle_timeout: std::time::Duration,
     pub on_missing_capability: OnMissing,
 }
 
@@ -289,6 +302,7 @@ impl Config {
                 task: None,
                 probe: ProbeConfig::default(),
                 answer_template: None,
+                idle_timeout_ms: None,
                 on_missing_capability: OnMissing::default(),
             });
         } else if upstream.is_some() || overrides.model_name.is_some() {
@@ -359,8 +373,11 @@ impl Route {
             }
         };
         let probe = route.probe;
-        if probe.interval == 0 || probe.max_tokens == 0 {
-            return Err(invalid(key("probe"), "interval and max_tokens must be at least 1"));
+        if probe.interval == 0 || probe.max_tokens == 0 || probe.max_probes == 0 {
+            return Err(invalid(key("probe"), "interval, max_tokens and max_probes must be at least 1"));
+        }
+        if route.idle_timeout_ms == Some(0) {
+            return Err(invalid(key("idle_timeout_ms"), "must be at least 1"));
         }
         if probe.suffix.is_empty() {
             return Err(invalid(key("probe.suffix"), "must not be empty"));
@@ -381,6 +398,7 @@ impl Route {
             task: route.task.unwrap_or(Task::Text),
             probe,
             answer_template,
+            idle_timeout: std::time::Duration::from_millis(route.idle_timeout_ms.unwrap_or(DEFAULT_IDLE_TIMEOUT_MS)),
             on_missing_capability: route.on_missing_capability,
         })
     }

@@ -66,6 +66,11 @@ impl ApiError {
         Self::new(StatusCode::BAD_GATEWAY, "upstream_error", message)
     }
 
+    /// The upstream went silent for longer than the route allows.
+    pub fn upstream_timeout(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::GATEWAY_TIMEOUT, "upstream_error", message)
+    }
+
     /// The upstream answered with an error: its status and (when it is OpenAI-shaped) its body.
     pub fn from_upstream(status: u16, body: &str) -> Self {
         let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);

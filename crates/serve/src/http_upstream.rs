@@ -36,9 +36,10 @@ pub async fn stream(
     url: String,
     body: Map<String, Value>,
     added: Added,
+    idle_timeout: Duration,
     tx: mpsc::Sender<Piece>,
 ) {
-    let failed = match stream_inner(&client, &url, &body, added, &tx).await {
+    let failed = match stream_inner(&client, &url, &body, added, idle_timeout, &tx).await {
         Ok(()) => return,
         Err(e) => e,
     };
@@ -51,9 +52,17 @@ async fn stream_inner(
     url: &str,
     body: &Map<String, Value>,
     added: Added,
+    idle_timeout: Duration,
     tx: &mpsc::Sender<Piece>,
 ) -> Result<(), ApiError> {
-    let response = client.post(url).json(body).send().await.map_err(|e| ApiError::upstream(format!("{url}: {e}")))?;
+    let silent = || {
+        let ms = idle_timeout.as_millis();
+        ApiError::upstream_timeout(format!("{url} sent nothing for {ms} ms (the route's idle_timeout_ms)"))
+    };
+    let response = tokio::time::timeout(idle_timeout, client.post(url).json(body).send())
+        .await
+        .map_err(|_| silent())?
+        .map_err(|e| ApiError::upstream(format!("{url}: {e}")))?;
     let status = response.status();
     if !status.is_success() {
         let text = response.text().await.unwrap_or_default();
@@ -64,7 +73,7 @@ async fn stream_inner(
     let mut head_sent = false;
     // Completion tokens counted so far, when the upstream reports them running.
     let mut counted = 0;
-    while let Some(part) = bytes.next().await {
+    while let Some(part) = tokio::time::timeout(idle_timeout, bytes.next()).await.map_err(|_| silent())? {
         let part = part.map_err(|e| ApiError::upstream(format!("the upstream broke off the stream: {e}")))?;
         for event in parser.push(&part) {
             if event.data == "[DONE]" {

@@ -99,6 +99,8 @@ pub struct StopPlan {
     pub reasoning_close: String,
     /// The client's `max_tokens` and `stop`, which bound the forced answer as well.
     pub max_tokens: Option<u32>,
+    /// Probes asked for at most; later checkpoints go unprobed.
+    pub max_probes: u32,
     pub stop: Vec<String>,
     pub probes: Probes,
 }
@@ -214,6 +216,8 @@ struct State {
     probe_prompt_tokens: Option<u32>,
     probe_completion_tokens: u32,
     probes: u32,
+    /// Probes launched or asked of the engine (`probes` counts those that answered).
+    asked: u32,
     /// The checkpoint whose probe is in flight (or asked of the engine), as generation alone
     /// describes it, and when the probe was asked for.
     pending: Option<(Checkpoint, Instant)>,
@@ -239,6 +243,7 @@ impl State {
             probe_prompt_tokens: Some(0),
             probe_completion_tokens: 0,
             probes: 0,
+            asked: 0,
             pending: None,
             meter,
         }
@@ -274,12 +279,13 @@ impl State {
         // asked for instead.
         self.probe_failed(ProbeResult::GivenUp);
         let checkpoint = self.take_segment(self.tokens);
-        let (_, rule) = self.plan.as_mut()?;
-        if !rule.needs_probe(&checkpoint) {
+        let (plan, rule) = self.plan.as_mut()?;
+        if !rule.needs_probe(&checkpoint) || self.asked >= plan.max_probes {
             // Without a probe the rule cannot stop here; `decide` keeps its state in step.
             rule.decide(&checkpoint);
             return None;
         }
+        self.asked += 1;
         self.pending = Some((checkpoint, Instant::now()));
         match &self.plan.as_ref()?.0.probes {
             Probes::Launch(prober) => Some(prober.clone().probe(self.partial(), self.tokens)),
@@ -456,7 +462,8 @@ mod tests {
 
     use super::*;
 
-    /// A session state on an engine route (interval 32), and the engine's side of its requests.
+    /// A session state on an engine route (interval 32, at most 3 probes), and the engine's side
+    /// of its requests.
     fn engine_state(policy: PolicySpec) -> (State, EventSender) {
         let (events, handle) = RequestHandle::channel();
         let plan = StopPlan {
@@ -467,6 +474,7 @@ mod tests {
             reasoning_open: String::new(),
             reasoning_close: String::new(),
             max_tokens: None,
+            max_probes: 3,
             stop: Vec::new(),
             probes: Probes::Engine(handle.probe_requester()),
         };
@@ -528,5 +536,22 @@ mod tests {
         assert_eq!((state.probes, state.probe_completion_tokens), (2, 4));
         generate_until(&mut state, 96);
         assert!(state.observe(probe_at(96)).is_some(), "two equal answers in a row stop");
+    }
+
+    #[test]
+    fn no_probe_is_asked_for_beyond_the_limit() {
+        // Answers that never repeat: the rule wants a probe at every checkpoint.
+        let spec = PolicySpec::Consistency { window: 2, min_tokens: 0, hedge_filter: false };
+        let (mut state, engine) = engine_state(spec);
+        for (i, at) in [32, 64, 96].into_iter().enumerate() {
+            generate_until(&mut state, at);
+            assert_eq!(engine.probe_wanted_at(), Some(at));
+            let mut outcome = probe_at(at);
+            outcome.text = format!("{i}");
+            assert!(state.observe(outcome).is_none());
+        }
+        generate_until(&mut state, 160);
+        assert_eq!(engine.probe_wanted_at(), Some(96), "a fourth probe was asked for");
+        assert_eq!(state.asked, 3);
     }
 }
