@@ -229,3 +229,47 @@ fn serve_listens_and_routes_the_model_name() {
     assert_eq!(code, 2);
     assert!(err.contains("routes[0].policy") && err.contains("unknown preset `dynasor`"), "{err}");
 }
+
+#[test]
+fn serve_shuts_down_cleanly_on_sigterm() {
+    use std::io::{BufRead, BufReader};
+    // An HTTP route needs no model: the process starts in a moment.
+    let dir = temp_dir("sigterm");
+    let config = dir.join("stopwise.toml");
+    std::fs::write(&config, "[[routes]]\nmodel = \"m\"\nupstream = \"http://127.0.0.1:9/v1\"\npolicy = \"never\"\n")
+        .unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_stopwise"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&config)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("listening on") {
+        line.clear();
+        assert!(stdout.read_line(&mut line).unwrap() > 0, "serve exited before listening");
+    }
+    let signals = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap_or_default();
+    let signals: Vec<&str> = signals.lines().filter(|l| l.starts_with("Sig")).collect();
+    let killed = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(killed.success());
+    // Bounded: a server that ignores the signal fails the test instead of hanging it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("still running 20 s after SIGTERM; its signal state: {signals:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut rest).unwrap();
+    assert!(status.success(), "exit {status:?}; stderr: {rest}");
+    assert!(rest.contains("shutting down"), "{rest}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -50,18 +50,41 @@ pub fn load_engine(settings: &Settings) -> Result<Option<Arc<dyn Engine>>, Strin
     Ok(Some(Arc::new(engine)))
 }
 
-/// Serves on `listener` until it fails or the process gets ctrl-c.
+/// Serves on `listener` until it fails or the process gets ctrl-c or SIGTERM (what container
+/// runtimes send); requests in flight then finish before it returns.
 pub async fn serve(settings: &Settings, engine: Option<Arc<dyn Engine>>, listener: TcpListener) -> Result<(), String> {
+    // Listening for the signals starts now, so that one sent during the self-test is not lost.
+    let shutdown = shutdown_signal()?;
     let mut state = AppState::new(settings, engine)?;
     state.self_test().await?;
     let state = Arc::new(state);
     axum::serve(listener, router(state))
-        .with_graceful_shutdown(async {
-            // Without a signal handler the server simply runs until killed.
-            if tokio::signal::ctrl_c().await.is_err() {
-                std::future::pending::<()>().await;
-            }
-        })
+        .with_graceful_shutdown(shutdown)
         .await
         .map_err(|e| format!("server failed: {e}"))
+}
+
+#[cfg(unix)]
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, String> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let listen = |kind| signal(kind).map_err(|e| format!("cannot listen for signals: {e}"));
+    let (mut interrupt, mut terminate) = (listen(SignalKind::interrupt())?, listen(SignalKind::terminate())?);
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+        tracing::info!("shutting down: finishing the requests in flight");
+    })
+}
+
+#[cfg(not(unix))]
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, String> {
+    Ok(async {
+        // Without a ctrl-c handler the server simply runs until killed.
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+        tracing::info!("shutting down: finishing the requests in flight");
+    })
 }
