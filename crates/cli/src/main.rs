@@ -471,9 +471,10 @@ fn serve(settings: &stopwise_serve::Settings) -> Result<()> {
         for route in &settings.routes {
             eprintln!("model `{}` -> {}, policy {}", route.model, route.upstream, route.policy.label());
         }
-        // Tests and scripts wait for this line (the port may have been chosen by the OS).
-        println!("listening on http://{address}");
-        stopwise_serve::serve(settings, engine, listener).await.map_err(anyhow::Error::msg)
+        // Tests and scripts wait for this line (the port may have been chosen by the OS); it comes
+        // once the self-test has passed and signals are handled.
+        let ready = move || println!("listening on http://{address}");
+        stopwise_serve::serve_then(settings, engine, listener, ready).await.map_err(anyhow::Error::msg)
     })
 }
 

@@ -53,11 +53,23 @@ pub fn load_engine(settings: &Settings) -> Result<Option<Arc<dyn Engine>>, Strin
 /// Serves on `listener` until it fails or the process gets ctrl-c or SIGTERM (what container
 /// runtimes send); requests in flight then finish before it returns.
 pub async fn serve(settings: &Settings, engine: Option<Arc<dyn Engine>>, listener: TcpListener) -> Result<(), String> {
+    serve_then(settings, engine, listener, || {}).await
+}
+
+/// [`serve`], calling `ready` once the self-test has passed and shutdown signals are handled,
+/// just before the first request is accepted.
+pub async fn serve_then(
+    settings: &Settings,
+    engine: Option<Arc<dyn Engine>>,
+    listener: TcpListener,
+    ready: impl FnOnce(),
+) -> Result<(), String> {
     // Listening for the signals starts now, so that one sent during the self-test is not lost.
     let shutdown = shutdown_signal()?;
     let mut state = AppState::new(settings, engine)?;
     state.self_test().await?;
     let state = Arc::new(state);
+    ready();
     axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown)
         .await
