@@ -98,7 +98,7 @@ impl AppState {
             if !missing.is_empty() {
                 let why = missing
                     .iter()
-                    .map(|name| format!("{name} ({})", capability(&found, name).detail))
+                    .map(|(name, check)| format!("{name} ({})", check.detail))
                     .collect::<Vec<_>>()
                     .join("; ");
                 let message = format!(
@@ -137,16 +137,6 @@ fn http_client(api_key: Option<&str>) -> Result<reqwest::Client, String> {
 impl AppState {
     fn client(&self, route: &Route) -> &reqwest::Client {
         &self.clients[&route.model]
-    }
-}
-
-fn capability<'a>(found: &'a Capabilities, name: &str) -> &'a capabilities::Check {
-    match name {
-        "streams" => &found.streams,
-        "logprobs" => &found.logprobs,
-        "probe_logprobs" => &found.probe_logprobs,
-        "prefill" => &found.prefill,
-        _ => &found.abort_on_disconnect,
     }
 }
 
@@ -194,6 +184,10 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiEr
     Ok(Json(json!({"status": "ready"})))
 }
 
+fn missing_names(found: &Capabilities, policy: &PolicySpec) -> Vec<&'static str> {
+    found.missing_for(policy).into_iter().map(|(name, _)| name).collect()
+}
+
 /// The checks run afresh, per route, with what the route's policy would miss. Needs
 /// `Authorization: Bearer <admin token>` when an admin token is set.
 async fn admin_capabilities(
@@ -220,7 +214,7 @@ async fn admin_capabilities(
             json!({
                 "upstream": upstream, "probe_upstream": route.probe_base(), "policy": route.policy,
                 "policy_version": route.policy.version(), "stopping": stopping,
-                "missing_for_policy": found.missing_for(&route.policy), "capabilities": found,
+                "missing_for_policy": missing_names(&found, &route.policy), "capabilities": found,
             }),
         );
     }
@@ -270,7 +264,7 @@ async fn complete(
     let stopping = policy != PolicySpec::Never;
     // A per-request policy must not silently do nothing either.
     if let Some(found) = state.capabilities.get(&route.model) {
-        let missing = found.missing_for(&policy);
+        let missing = missing_names(found, &policy);
         if !missing.is_empty() {
             return Err(ApiError::invalid(
                 "stopwise.policy",

@@ -67,9 +67,9 @@ impl Capabilities {
         }
     }
 
-    /// The capabilities `policy` needs that are known to be missing, by name. Unknown ones
-    /// (upstream down) do not count: readiness reports those.
-    pub fn missing_for(&self, policy: &PolicySpec) -> Vec<&'static str> {
+    /// The capabilities `policy` needs that are known to be missing, by name, with their checks.
+    /// Unknown ones (upstream down) do not count: readiness reports those.
+    pub fn missing_for(&self, policy: &PolicySpec) -> Vec<(&'static str, &Check)> {
         if *policy == PolicySpec::Never {
             return Vec::new();
         }
@@ -80,7 +80,7 @@ impl Capabilities {
         if policy.reads_probe_confidence() {
             needed.push(("probe_logprobs", &self.probe_logprobs));
         }
-        needed.into_iter().filter(|(_, check)| check.ok == Some(false)).map(|(name, _)| name).collect()
+        needed.into_iter().filter(|(_, check)| check.ok == Some(false)).collect()
     }
 }
 
