@@ -392,32 +392,10 @@ async fn two_hundred_concurrent_streams_each_stop_with_their_own_answer() {
     assert!(seen.probes.len() >= 200);
 }
 
-/// An upstream that answers 200 and one chunk, then holds the connection open and says nothing:
-/// a stalled server, which only a real socket can show.
-async fn stalling_upstream() -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut socket, _)) = listener.accept().await else { return };
-            tokio::spawn(async move {
-                let mut request = vec![0u8; 64 * 1024];
-                let _ = socket.read(&mut request).await;
-                let chunk = json!({"id": "up-1", "object": "chat.completion.chunk", "created": 1, "model": "m",
-                                   "choices": [{"index": 0, "delta": {"content": "Hello"}, "finish_reason": null}]});
-                let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\n";
-                let _ = socket.write_all(format!("{head}data: {chunk}\n\n").as_bytes()).await;
-                tokio::time::sleep(Duration::from_secs(30)).await;
-            });
-        }
-    });
-    format!("http://{address}/v1")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_upstream_is_given_up_after_the_routes_idle_timeout() {
-    let upstream = stalling_upstream().await;
+    // One chunk, then a connection held open in silence: a stalled server.
+    let upstream = raw_sse_upstream(&["Hello"], Duration::from_secs(30)).await;
     let toml = format!("{}idle_timeout_ms = 300\n", route(&upstream, "\"never\"", "refuse"));
     let base = start(&toml, None);
     let streamed = stream(&base, &request(true, Value::Null)).await;

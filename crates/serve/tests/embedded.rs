@@ -12,7 +12,6 @@ use std::time::Duration;
 use common::*;
 use serde_json::{json, Value};
 use stopwise_engine::Engine;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Routes: `default` (embedded, Dynasor-CoT, numeric answers) and `broken` (an upstream given
 /// by the test).
@@ -172,40 +171,10 @@ async fn bad_requests_get_openai_errors_and_the_server_keeps_serving() {
     assert_eq!((status, error["param"].as_str()), (400, Some("n")), "{error}");
 }
 
-/// An upstream that answers 200 and two chunks, then drops the connection: the only way to get
-/// a stream that breaks off mid-way.
-async fn misbehaving_upstream() -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut socket, _)) = listener.accept().await else { return };
-            tokio::spawn(async move {
-                let mut request = vec![0u8; 64 * 1024];
-                let _ = socket.read(&mut request).await;
-                let chunk = |text: &str| {
-                    format!(
-                        "data: {}\n\n",
-                        json!({"id":"up-1","object":"chat.completion.chunk","created":1,"model":"m",
-                               "choices":[{"index":0,"delta":{"content":text},"finish_reason":null}]})
-                    )
-                };
-                let body = format!("{}{}", chunk("Hello"), chunk(" world"));
-                let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n";
-                let _ = socket.write_all(format!("{head}{body}").as_bytes()).await;
-                let _ = socket.flush().await;
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                // Dropping the socket ends the stream without `[DONE]`.
-            });
-        }
-    });
-    format!("http://{address}/v1")
-}
-
 // Multi-threaded: the upstream runs on this runtime while `start` waits for the self-test.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstream_that_breaks_off_gives_an_error_event_and_the_server_keeps_serving() {
-    let upstream = misbehaving_upstream().await;
+    let upstream = raw_sse_upstream(&["Hello", " world"], Duration::from_millis(50)).await;
     let engine = engine();
     let base = start(&config(&upstream), Some(engine as Arc<dyn Engine>));
     let streamed = stream(&base, &chat("broken", "hi", 10, true, Value::Null)).await;

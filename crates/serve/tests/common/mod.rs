@@ -146,3 +146,34 @@ pub fn python_has(module: &str) -> bool {
     }
     ok
 }
+
+/// A raw-socket upstream that answers every request with status 200 and one SSE chunk per text,
+/// then holds the connection for `hold` and drops it without `data: [DONE]`: the only way to get
+/// a stream that breaks off (short `hold`) or goes silent (long `hold`).
+pub async fn raw_sse_upstream(texts: &'static [&'static str], hold: std::time::Duration) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else { return };
+            tokio::spawn(async move {
+                let mut request = vec![0u8; 64 * 1024];
+                let _ = socket.read(&mut request).await;
+                let body: String = texts
+                    .iter()
+                    .map(|text| {
+                        let chunk = serde_json::json!({"id": "up-1", "object": "chat.completion.chunk", "created": 1,
+                            "model": "m", "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": null}]});
+                        format!("data: {chunk}\n\n")
+                    })
+                    .collect();
+                let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n";
+                let _ = socket.write_all(format!("{head}{body}").as_bytes()).await;
+                let _ = socket.flush().await;
+                tokio::time::sleep(hold).await;
+            });
+        }
+    });
+    format!("http://{address}/v1")
+}
