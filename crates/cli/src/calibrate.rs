@@ -14,24 +14,14 @@ use stopwise_core::certify::{
 use stopwise_core::policy::{presets, PolicySpec};
 use stopwise_core::sweep::Family;
 use stopwise_core::trace::Trace;
-use stopwise_store::read_all;
+use stopwise_store::TraceFiles;
 
 /// The traces of several files, in order; ids must be unique across files.
 pub fn load_traces(paths: &[PathBuf]) -> Result<Vec<Trace>> {
     if paths.is_empty() {
         bail!("no trace file given: pass --traces FILE (repeatable)");
     }
-    let mut traces = Vec::new();
-    let mut seen = std::collections::HashSet::new();
-    for path in paths {
-        for trace in read_all(path)? {
-            if !seen.insert(trace.id.clone()) {
-                bail!("{}: trace id `{}` also appears in an earlier file", path.display(), trace.id);
-            }
-            traces.push(trace);
-        }
-    }
-    Ok(traces)
+    Ok(TraceFiles::open(paths).collect::<Result<_, _>>()?)
 }
 
 /// Candidate groups from `--rule` values: a family name (swept over its grid) or a preset name
@@ -88,7 +78,7 @@ pub fn calibrate(args: &CalibrateArgs) -> Result<()> {
     certificate.traces = Some(args.traces.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(","));
     let text = serde_json::to_string_pretty(&certificate)?;
     if let Some(out) = &args.out {
-        std::fs::write(out, format!("{text}\n")).with_context(|| format!("{}: cannot write", out.display()))?;
+        stopwise_store::write_file(out, format!("{text}\n").as_bytes())?;
     }
     if args.json {
         println!("{text}");

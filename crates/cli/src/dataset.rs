@@ -53,10 +53,15 @@ impl Format {
 /// Reads a dataset file; ids default to `<format>-<line index>`.
 pub fn read(path: &Path, format: Option<Format>) -> Result<(Format, Vec<Item>)> {
     let file = std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+    parse(std::io::BufReader::new(file), &path.display().to_string(), format)
+}
+
+/// Parses dataset lines; `name` is what errors call the source.
+pub fn parse(source: impl BufRead, name: &str, format: Option<Format>) -> Result<(Format, Vec<Item>)> {
     let mut items = Vec::new();
     let mut format = format;
-    for (index, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let at = || format!("{}:{}", path.display(), index + 1);
+    for (index, line) in source.lines().enumerate() {
+        let at = || format!("{name}:{}", index + 1);
         let line = line.with_context(at)?;
         if line.trim().is_empty() {
             continue;
@@ -106,6 +111,6 @@ pub fn read(path: &Path, format: Option<Format>) -> Result<(Format, Vec<Item>)> 
         };
         items.push(item);
     }
-    let Some(format) = format else { bail!("{}: the dataset is empty", path.display()) };
+    let Some(format) = format else { bail!("{name}: the dataset is empty") };
     Ok((format, items))
 }

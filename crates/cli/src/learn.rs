@@ -22,7 +22,7 @@ use stopwise_core::sweep::{Family, Sweep, SweepReport};
 use stopwise_core::trace::Trace;
 use stopwise_learn::search::{self, Metric, Strategy};
 use stopwise_learn::{train, Label, Loss, Schedule, TraceRows, TrainConfig};
-use stopwise_store::TraceReader;
+use stopwise_store::TraceFiles;
 
 use crate::record::default_system_prompt;
 use crate::report::{self, Row};
@@ -35,6 +35,7 @@ pub struct TrainArgs {
     /// Where to write the model file.
     #[arg(long)]
     out: PathBuf,
+    /// Seed of the initial weights, batches and splits (same seed, same model).
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// What a positive checkpoint is: `agree` (probe equals the full answer) or `correct` (gold).
@@ -52,17 +53,22 @@ pub struct TrainArgs {
     /// Hidden layer widths (comma-separated); none for logistic regression.
     #[arg(long, value_delimiter = ',')]
     hidden: Vec<usize>,
+    /// Learning rate (Adam).
     #[arg(long, default_value_t = 0.01)]
     lr: f64,
     /// constant, step or cosine.
     #[arg(long, default_value = "cosine")]
     lr_schedule: Schedule,
+    /// Epochs of linear learning-rate warm-up.
     #[arg(long, default_value_t = 2)]
     warmup_epochs: usize,
+    /// L2 penalty on the weights.
     #[arg(long, default_value_t = 1e-3)]
     l2: f64,
+    /// Checkpoints per gradient step.
     #[arg(long, default_value_t = 32)]
     batch_size: usize,
+    /// Most passes over the training checkpoints.
     #[arg(long, default_value_t = 200)]
     epochs: usize,
     /// Early stopping: epochs without a better validation loss.
@@ -78,6 +84,7 @@ pub struct TrainArgs {
     /// Settings a random search tries.
     #[arg(long, default_value_t = 20)]
     trials: usize,
+    /// Folds of the cross-validation (grouped by trace).
     #[arg(long, default_value_t = 5)]
     folds: usize,
     /// Quality axis of the selection curve: `em` (EM drop) or `agreement` (answer changed).
@@ -95,6 +102,7 @@ pub struct TrainArgs {
     /// Thresholds per family in the comparison.
     #[arg(long, default_value_t = 200)]
     thresholds: usize,
+    /// Print the result as JSON.
     #[arg(long)]
     json: bool,
 }
@@ -104,11 +112,13 @@ pub struct ExportSftArgs {
     /// Trace files recorded with `stopwise run --keep-text`; may be repeated.
     #[arg(long, required = true)]
     traces: Vec<PathBuf>,
+    /// JSONL file of examples to write.
     #[arg(long)]
     out: PathBuf,
     /// System message (default: the one `stopwise run` uses for the trace's task).
     #[arg(long)]
     system_prompt: Option<String>,
+    /// Print the result as JSON.
     #[arg(long)]
     json: bool,
 }
@@ -158,17 +168,7 @@ pub fn load_model(path: &Path) -> Result<SharedModel> {
 }
 
 fn read_traces(paths: &[PathBuf]) -> Result<Vec<Trace>> {
-    let mut traces = Vec::new();
-    for path in paths {
-        let before = traces.len();
-        for trace in TraceReader::open(path)? {
-            traces.push(trace?);
-        }
-        if traces.len() == before {
-            bail!("{}: the file holds no traces", path.display());
-        }
-    }
-    Ok(traces)
+    Ok(TraceFiles::open(paths).collect::<Result<_, _>>()?)
 }
 
 /// Whether a trace is in the test split: decided by its id alone, so a trace file that grows
@@ -270,7 +270,7 @@ pub fn train_command(args: &TrainArgs) -> Result<()> {
         "run": trained,
         "search": search_record,
     });
-    std::fs::write(&args.out, model.to_json()).with_context(|| format!("{}: cannot write", args.out.display()))?;
+    stopwise_store::write_file(&args.out, model.to_json().as_bytes())?;
     eprintln!(
         "model {} ({} examples, {} positive, best epoch {} of {}) written to {}",
         model.id,
@@ -428,7 +428,7 @@ pub fn export_sft_command(args: &ExportSftArgs) -> Result<()> {
             }
         }
     }
-    std::fs::write(&args.out, out).with_context(|| format!("{}: cannot write", args.out.display()))?;
+    stopwise_store::write_file(&args.out, out.as_bytes())?;
     if args.json {
         println!(
             "{}",

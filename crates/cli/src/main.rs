@@ -1,8 +1,10 @@
 //! `stopwise`: the command line. Thin: parsing arguments and printing; the work is in the crates.
 
+mod args;
 mod bench;
 mod calibrate;
 mod dataset;
+mod docs;
 mod learn;
 mod record;
 mod report;
@@ -11,298 +13,18 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
+use clap::Parser;
 use serde_json::json;
 use stopwise_core::answer::{self, Task};
-use stopwise_core::certify::{Method, PValue, Risk, Settings};
 use stopwise_core::policy::PolicySpec;
 use stopwise_core::replay::{replay, Tally, TraceFacts};
 use stopwise_core::sweep::{pareto_frontier, Family, Sweep, SweepReport};
 use stopwise_core::trace::ProbeSettings;
 use stopwise_engine::{fetch_default_model, resolve_model, LlamaConfig, LlamaEngine};
-use stopwise_store::TraceReader;
+use stopwise_store::TraceFiles;
 
+use crate::args::{BenchAction, Cli, Command, ModelAction};
 use crate::report::Row;
-
-#[derive(Parser)]
-#[command(name = "stopwise", version, about = "Early stopping for reasoning LLMs, with the EM cost measured.")]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Fetch the model, record traces on a bundled GSM8K sample, replay every rule and write a report.
-    #[command(after_help = "Example:\n  stopwise demo --limit 10")]
-    Demo {
-        /// Items of the bundled sample to record (it has 30).
-        #[arg(long, default_value_t = 30)]
-        limit: usize,
-        #[arg(long, default_value = "stopwise-demo")]
-        out_dir: PathBuf,
-        #[arg(long)]
-        model: Option<PathBuf>,
-        #[arg(long)]
-        json: bool,
-    },
-    /// Benchmarks (engine benchmarks: `cargo bench -p stopwise-engine`).
-    Bench {
-        #[command(subcommand)]
-        action: BenchAction,
-    },
-    /// Manage the embedded model.
-    Model {
-        #[command(subcommand)]
-        action: ModelAction,
-    },
-    /// Record full runs with probes on a dataset, as trace v1 JSONL (resumable).
-    #[command(
-        after_help = "Example:\n  stopwise run --dataset ../shared/data/gsm8k_test_500.jsonl --task numeric --limit 20 --out traces.jsonl"
-    )]
-    Run {
-        #[arg(long)]
-        dataset: PathBuf,
-        #[arg(long)]
-        task: Task,
-        #[arg(long, value_enum)]
-        format: Option<dataset::Format>,
-        #[arg(long)]
-        limit: Option<usize>,
-        #[arg(long, default_value_t = 32)]
-        probe_interval: u32,
-        #[arg(long, default_value = record::DEFAULT_PROBE_SUFFIX)]
-        probe_suffix: String,
-        #[arg(long, default_value_t = 12)]
-        probe_max_tokens: u32,
-        #[arg(long, default_value_t = 512)]
-        max_tokens: u32,
-        /// Sequences decoded together.
-        #[arg(long, default_value_t = 4)]
-        parallel: u32,
-        /// CPU threads for llama.cpp (default: every core). One thread per process degrades more
-        /// gracefully when other work shares the cores.
-        #[arg(long)]
-        threads: Option<u32>,
-        #[arg(long)]
-        system_prompt: Option<String>,
-        #[arg(long)]
-        model: Option<PathBuf>,
-        /// Also store the reasoning text and each checkpoint's offset into it (for `export-sft`).
-        #[arg(long)]
-        keep_text: bool,
-        #[arg(long)]
-        out: PathBuf,
-        #[arg(long)]
-        json: bool,
-    },
-    /// Extract and score one prediction against gold answers.
-    #[command(after_help = "Example:\n  stopwise score --task numeric --gold 1000 'The answer is $1,000.'")]
-    Score {
-        #[arg(long)]
-        task: Task,
-        #[arg(long, required = true)]
-        gold: Vec<String>,
-        prediction: String,
-        /// Accepted for uniformity; the output is always JSON.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Replay a stop rule (JSON, `key = value` list or preset name) on a trace file.
-    #[command(
-        after_help = "Examples:\n  stopwise replay --traces data/traces/gsm8k.jsonl.gz --rule dynasor-cot\n  stopwise replay --traces t.jsonl --rule '{\"type\":\"budget\",\"max_tokens\":256}'"
-    )]
-    Replay {
-        #[arg(long)]
-        traces: PathBuf,
-        #[arg(long)]
-        rule: String,
-        #[arg(long)]
-        json: bool,
-    },
-    /// Certify the most aggressive stop setting whose risk stays under epsilon (with probability
-    /// at least 1 - delta), and write it as a certificate that `replay` and `serve` take as a policy.
-    #[command(
-        after_help = "Example:\n  stopwise calibrate --traces data/traces/gsm8k.jsonl --epsilon 0.02 --delta 0.05 --out cert.json"
-    )]
-    Calibrate {
-        #[command(flatten)]
-        certify: CertifyOptions,
-        #[arg(long, default_value_t = 0.01)]
-        epsilon: f64,
-        /// Write the certificate here.
-        #[arg(long)]
-        out: Option<PathBuf>,
-        #[arg(long)]
-        json: bool,
-    },
-    /// Check the guarantee: certify on random calibration halves, measure on the test halves.
-    #[command(
-        after_help = "Example:\n  stopwise validate --traces data/traces/gsm8k.jsonl --epsilon 0.01 --epsilon 0.02 --epsilon 0.05 --splits 1000 --seed 1"
-    )]
-    Validate {
-        #[command(flatten)]
-        certify: CertifyOptions,
-        /// Risk budget; repeat to validate several (default 0.01).
-        #[arg(long = "epsilon")]
-        epsilons: Vec<f64>,
-        #[arg(long, default_value_t = 1000)]
-        splits: u64,
-        #[arg(long, default_value_t = 0.5)]
-        calibration_fraction: f64,
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-        #[arg(long)]
-        json: bool,
-    },
-    /// HTML report: every family's Pareto frontier on one plot, the presets as labelled points,
-    /// the oracle bound and (with --certificate) the certified setting.
-    #[command(
-        after_help = "Example:\n  stopwise report --traces data/traces/gsm8k.jsonl --certificate cert.json --out report"
-    )]
-    Report {
-        #[arg(long = "traces", required = true)]
-        traces: Vec<PathBuf>,
-        #[arg(long)]
-        certificate: Option<PathBuf>,
-        #[arg(long, default_value_t = 32)]
-        thresholds: usize,
-        #[arg(long, default_value = "stopwise-report")]
-        out: PathBuf,
-    },
-    /// OpenAI-compatible streaming proxy that stops generation early (in front of an
-    /// OpenAI-compatible server, or the embedded model when no upstream is given).
-    #[command(
-        after_help = "Examples:\n  stopwise serve --listen 127.0.0.1:8080\n  stopwise serve --upstream http://127.0.0.1:8000/v1 --model-name qwen\n  stopwise serve --config stopwise.toml\n\nEnvironment: STOPWISE_LISTEN, STOPWISE_UPSTREAM, STOPWISE_POLICY, STOPWISE_BODY_LIMIT, STOPWISE_ADMIN_TOKEN."
-    )]
-    Serve {
-        /// TOML config (see stopwise.example.toml).
-        #[arg(long)]
-        config: Option<PathBuf>,
-        /// Address to listen on (default 127.0.0.1:8080).
-        #[arg(long)]
-        listen: Option<String>,
-        /// OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1 (default: the embedded model).
-        #[arg(long)]
-        upstream: Option<String>,
-        /// Model name clients ask for (default `default`).
-        #[arg(long)]
-        model_name: Option<String>,
-        /// Policy of the route(s): preset, JSON or `key = value` list.
-        #[arg(long)]
-        policy: Option<String>,
-    },
-    /// Sweep rule families over thresholds; print the table and Pareto frontier.
-    #[command(
-        after_help = "Example:\n  stopwise sweep --traces t.jsonl --rule consistency --rule confidence --thresholds 32"
-    )]
-    Sweep {
-        #[arg(long)]
-        traces: PathBuf,
-        /// Families: budget, consistency, confidence, logprob_window, learned:MODEL.json (default:
-        /// every hand-rule family).
-        #[arg(long = "rule")]
-        rules: Vec<String>,
-        #[arg(long, default_value_t = 32)]
-        thresholds: usize,
-        /// Also write an HTML report with an SVG plot into this folder.
-        #[arg(long)]
-        report: Option<PathBuf>,
-        #[arg(long)]
-        json: bool,
-    },
-    /// Train the learned stopper on traces; with --test-fraction, compare it with every hand rule.
-    #[command(
-        after_help = "Examples:\n  stopwise train --traces data/traces/gsm8k.jsonl --out stopper.json --seed 1 --test-fraction 0.3\n  stopwise train --traces t.jsonl --out stopper.json --search random --trials 30 --folds 5\n\nUse the model as a rule: --rule '{\"type\":\"learned\",\"model\":\"stopper.json\",\"threshold\":0.9}'"
-    )]
-    Train(learn::TrainArgs),
-    /// Write chat-format fine-tuning examples (prompt + reasoning cut where the probe was wrong
-    /// but the full answer right -> the full answer) from traces recorded with `run --keep-text`.
-    #[command(after_help = "Example:\n  stopwise export-sft --traces traces-with-text.jsonl --out sft.jsonl")]
-    ExportSft(learn::ExportSftArgs),
-}
-
-/// What `calibrate` and `validate` share.
-#[derive(clap::Args)]
-struct CertifyOptions {
-    /// Trace files (repeatable; ids must be unique across files).
-    #[arg(long = "traces", required = true)]
-    traces: Vec<PathBuf>,
-    #[arg(long, default_value_t = 0.05)]
-    delta: f64,
-    /// em-drop (a correct full answer became wrong; needs gold) or disagreement (no gold needed).
-    #[arg(long, default_value = "em-drop")]
-    risk: Risk,
-    /// ltt (high-probability guarantee), crc (expected risk) or naive (no guarantee, for comparison).
-    #[arg(long, default_value = "ltt")]
-    method: Method,
-    /// LTT p-value: binomial (exact) or hoeffding-bentkus.
-    #[arg(long, default_value = "binomial")]
-    p_value: PValue,
-    /// Candidate groups: families (budget, consistency, confidence, logprob_window,
-    /// learned:MODEL.json) or preset names; repeatable (default: every hand-rule family).
-    #[arg(long = "rule")]
-    rules: Vec<String>,
-    /// Thresholds per family grid.
-    #[arg(long, default_value_t = 32)]
-    thresholds: usize,
-}
-
-impl CertifyOptions {
-    fn settings(&self, epsilon: f64) -> Settings {
-        Settings { epsilon, delta: self.delta, risk: self.risk, method: self.method, p_value: self.p_value }
-    }
-}
-
-#[derive(Subcommand)]
-enum BenchAction {
-    /// Proxy cost and savings: time to first token and total time via `stopwise serve` (stopping
-    /// off and on) against calling the same upstream directly, as ratios; upstream tokens decoded
-    /// per token delivered.
-    #[command(
-        after_help = "Example (llama-cpp-python on :8000 and a probe instance on :8001, stopwise serve on :8080):\n  stopwise bench serve --direct http://127.0.0.1:8000/v1 --proxy http://127.0.0.1:8080/v1 --model smol"
-    )]
-    Serve {
-        #[arg(long)]
-        direct: String,
-        #[arg(long)]
-        proxy: String,
-        #[arg(long)]
-        model: String,
-        #[arg(long, default_value_t = 20)]
-        rounds: usize,
-        #[arg(long, default_value_t = 256)]
-        max_tokens: u32,
-        #[arg(
-            long,
-            default_value = "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. How many clips did Natalia sell altogether in April and May? Explain step by step."
-        )]
-        question: String,
-        /// Policy of the stopping-on requests.
-        #[arg(long, default_value = "dynasor-cot")]
-        policy: String,
-    },
-    /// Sweep speed vs a plain parse and vs a numpy baseline, on synthetic traces.
-    Sweep {
-        #[arg(long, default_value_t = 100_000)]
-        traces: usize,
-        #[arg(long, default_value_t = 64)]
-        checkpoints: u32,
-        #[arg(long, default_value_t = 256)]
-        thresholds: usize,
-        #[arg(long, default_value_t = 7)]
-        seed: u64,
-    },
-}
-
-#[derive(Subcommand)]
-enum ModelAction {
-    /// Download the default model (SmolLM2-135M-Instruct Q4_1) and verify its hash.
-    Fetch {
-        #[arg(long)]
-        json: bool,
-    },
-}
 
 fn main() -> ExitCode {
     match run(Cli::parse()) {
@@ -432,6 +154,14 @@ fn run(cli: Cli) -> Result<()> {
         Command::Demo { limit, out_dir, model, json } => demo(limit, &out_dir, model.as_deref(), json),
         Command::Train(args) => learn::train_command(&args),
         Command::ExportSft(args) => learn::export_sft_command(&args),
+        Command::Completions { shell } => {
+            docs::completions(shell);
+            Ok(())
+        }
+        Command::Man { out } => {
+            println!("{}", docs::man_pages(&out)?.display());
+            Ok(())
+        }
         Command::Serve { config, listen, upstream, model_name, policy } => {
             let file = match &config {
                 Some(path) => stopwise_serve::Config::load(path)?,
@@ -505,19 +235,17 @@ fn evaluate(
     let mut sweep: Option<Sweep> = None;
     let mut tallies = vec![Tally::default(); named.len()];
     let mut count = 0usize;
-    for path in paths {
-        for trace in TraceReader::open(path)? {
-            let trace = trace?;
-            let facts = TraceFacts::of(&trace);
-            let sweep = sweep.get_or_insert_with(|| {
-                Sweep::new(families.iter().map(|f| (f.clone(), f.grid(thresholds, trace.probe.interval))))
-            });
-            sweep.add(&trace, &facts);
-            for ((_, spec), tally) in named.iter().zip(&mut tallies) {
-                tally.add(&facts, &replay(spec, &trace, &facts));
-            }
-            count += 1;
+    for trace in TraceFiles::open(paths) {
+        let trace = trace?;
+        let facts = TraceFacts::of(&trace);
+        let sweep = sweep.get_or_insert_with(|| {
+            Sweep::new(families.iter().map(|f| (f.clone(), f.grid(thresholds, trace.probe.interval))))
+        });
+        sweep.add(&trace, &facts);
+        for ((_, spec), tally) in named.iter().zip(&mut tallies) {
+            tally.add(&facts, &replay(spec, &trace, &facts));
         }
+        count += 1;
     }
     let Some(sweep) = sweep.filter(|_| count > 0) else {
         anyhow::bail!("{}: no traces", paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "))
@@ -579,8 +307,9 @@ fn demo(limit: usize, out_dir: &Path, model: Option<&Path>, json: bool) -> Resul
         Some(m) => m.to_owned(),
         None => resolve_model(None).or_else(|_| fetch_default_model(|msg| eprintln!("{msg}")))?,
     };
-    let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/samples/gsm8k_sample.jsonl");
-    let (format, mut items) = dataset::read(&sample, Some(dataset::Format::Gsm8k))?;
+    // Built into the binary, so the demo runs wherever the binary is, not only in a checkout.
+    let sample = include_str!("../../../data/samples/gsm8k_sample.jsonl");
+    let (format, mut items) = dataset::parse(sample.as_bytes(), "bundled GSM8K sample", Some(dataset::Format::Gsm8k))?;
     items.truncate(limit);
     std::fs::create_dir_all(out_dir).with_context(|| format!("{}: cannot create", out_dir.display()))?;
     let traces = out_dir.join("traces.jsonl");

@@ -89,7 +89,7 @@ pub fn write_html(dir: &Path, title: &str, rows: &[Row], oracle: &Summary) -> Re
     }
     html.push_str("</table>");
     let path = dir.join("report.html");
-    std::fs::write(&path, html).with_context(|| format!("{}: cannot write", path.display()))?;
+    stopwise_store::write_file(&path, html.as_bytes())?;
     Ok(path)
 }
 

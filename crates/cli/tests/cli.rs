@@ -273,3 +273,22 @@ fn serve_shuts_down_cleanly_on_sigterm() {
     assert!(rest.contains("shutting down"), "{rest}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn sweep_replay_and_calibrate_refuse_duplicate_ids_naming_both_lines() {
+    let dir = temp_dir("dup");
+    let first_line = std::fs::read_to_string(recorded_traces()).unwrap().lines().next().unwrap().to_owned();
+    let path = dir.join("dup.jsonl");
+    std::fs::write(&path, format!("{first_line}\n{first_line}\n")).unwrap();
+    let file = path.to_str().unwrap();
+    for args in [
+        vec!["sweep", "--traces", file],
+        vec!["replay", "--traces", file, "--rule", "deer"],
+        vec!["calibrate", "--traces", file, "--risk", "disagreement"],
+    ] {
+        let (code, _, err) = stopwise(&args);
+        assert_eq!(code, 2, "{args:?}");
+        assert!(err.contains("dup.jsonl:2:") && err.contains("dup.jsonl:1") && err.contains("appears twice"), "{err}");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}

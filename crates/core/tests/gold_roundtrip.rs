@@ -8,7 +8,7 @@
 //! percentages). No GSM8K or MATH-500 item is excluded; four NQ-open aliases are, for the
 //! reasons given at [`nq_open_aliases_survive_formatting`].
 //!
-//! The data lives outside the repository, in `../shared/data` from the repo root.
+//! The data ships with the repository, in `data/eval` (sources and licences in its README).
 
 use std::path::PathBuf;
 
@@ -16,7 +16,7 @@ use serde_json::Value;
 use stopwise_core::answer::{exact_match, extract, gold_from_gsm8k_solution, normalize, Task};
 
 fn data_path(file: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data").join(file)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../data/eval").join(file)
 }
 
 /// The JSON objects of a `.jsonl` data file.

@@ -2,12 +2,13 @@
 //!
 //! Trace files are JSONL, optionally compressed (`.jsonl.gz`, `.jsonl.zst`). Reading streams line
 //! by line with a bounded line length, so a file of any size (or a corrupt file with one huge
-//! line) never has to fit in memory. Writing appends one flushed line per trace, so an
-//! interrupted recording leaves a valid file that a resumed run continues.
+//! line) never has to fit in memory. Writing appends each trace as one complete line in a single
+//! write, so an interrupted recording leaves a valid file (at worst a torn last line) that a resumed
+//! run continues.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 
 use stopwise_core::trace::{self, Trace, TraceError, MAX_LINE_BYTES};
@@ -21,8 +22,8 @@ pub enum StoreError {
     Trace { path: PathBuf, line: u64, source: TraceError },
     #[error("{path}: the file holds no traces")]
     Empty { path: PathBuf },
-    #[error("{path}:{line}: id `{id}` appears twice")]
-    DuplicateId { path: PathBuf, line: u64, id: String },
+    #[error("{path}:{line}: id `{id}` appears twice (first at {first_path}:{first_line}); ids must be unique")]
+    DuplicateId { path: PathBuf, line: u64, id: String, first_path: PathBuf, first_line: u64 },
 }
 
 /// Streams the traces of a file, one `Result` per non-empty line.
@@ -47,13 +48,23 @@ impl TraceReader {
         } else {
             Box::new(file)
         };
-        Ok(TraceReader {
+        Ok(Self::from_reader(path, raw))
+    }
+
+    /// Reads traces from `input`; `path` names it in errors.
+    fn from_reader(path: &Path, input: impl Read + 'static) -> Self {
+        TraceReader {
             path: path.to_owned(),
-            input: Box::new(BufReader::with_capacity(1 << 16, raw)),
+            input: Box::new(BufReader::with_capacity(1 << 16, input)),
             line: 0,
             buffer: Vec::new(),
             done: false,
-        })
+        }
+    }
+
+    /// The line number of the trace (or error) the iterator returned last.
+    pub fn line(&self) -> u64 {
+        self.line
     }
 
     fn error(&mut self, source: TraceError) -> Option<Result<Trace, StoreError>> {
@@ -101,47 +112,130 @@ impl Iterator for TraceReader {
     }
 }
 
-/// Reads every trace of a file, rejecting an empty file and duplicate ids.
-pub fn read_all(path: &Path) -> Result<Vec<Trace>, StoreError> {
-    let mut seen = HashSet::new();
-    let mut traces = Vec::new();
-    for (index, trace) in TraceReader::open(path)?.enumerate() {
-        let trace = trace?;
-        if !seen.insert(trace.id.clone()) {
-            return Err(StoreError::DuplicateId { path: path.to_owned(), line: index as u64 + 1, id: trace.id });
-        }
-        traces.push(trace);
-    }
-    if traces.is_empty() {
-        return Err(StoreError::Empty { path: path.to_owned() });
-    }
-    Ok(traces)
+/// Streams the traces of several files in order, refusing an id seen before (in any of them) with
+/// an error that names both places, and a file with no traces. Only the ids are kept, so files of
+/// any size stream.
+pub struct TraceFiles {
+    paths: std::vec::IntoIter<PathBuf>,
+    current: Option<TraceReader>,
+    /// Whether the current file has yielded a trace yet.
+    current_has_traces: bool,
+    seen: HashMap<String, (usize, u64)>,
+    opened: Vec<PathBuf>,
+    failed: bool,
 }
 
-/// Ids already recorded in `path` (none if it does not exist). A truncated last line, left by a
-/// crash mid-write, is ignored so that its item is recorded again.
-pub fn recorded_ids(path: &Path) -> Result<HashSet<String>, StoreError> {
-    if !path.exists() {
-        return Ok(HashSet::new());
-    }
-    let mut ids = HashSet::new();
-    let mut reader = TraceReader::open(path)?;
-    while let Some(item) = reader.next() {
-        match item {
-            Ok(trace) => {
-                ids.insert(trace.id);
-            }
-            Err(StoreError::Trace { source: TraceError::Json(_), .. }) if reader.next().is_none() => break,
-            Err(e) => return Err(e),
+impl TraceFiles {
+    pub fn open(paths: &[PathBuf]) -> Self {
+        TraceFiles {
+            paths: paths.to_vec().into_iter(),
+            current: None,
+            current_has_traces: false,
+            seen: HashMap::new(),
+            opened: Vec::new(),
+            failed: false,
         }
+    }
+
+    fn fail(&mut self, error: StoreError) -> Option<Result<Trace, StoreError>> {
+        self.failed = true;
+        Some(Err(error))
+    }
+}
+
+impl Iterator for TraceFiles {
+    type Item = Result<Trace, StoreError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        while !self.failed {
+            let Some(reader) = self.current.as_mut() else {
+                let path = self.paths.next()?;
+                match TraceReader::open(&path) {
+                    Ok(reader) => self.current = Some(reader),
+                    Err(e) => return self.fail(e),
+                }
+                self.opened.push(path);
+                self.current_has_traces = false;
+                continue;
+            };
+            let Some(item) = reader.next() else {
+                self.current = None;
+                if !self.current_has_traces {
+                    let path = self.opened[self.opened.len() - 1].clone();
+                    return self.fail(StoreError::Empty { path });
+                }
+                continue;
+            };
+            self.current_has_traces = true;
+            let line = reader.line();
+            let trace = match item {
+                Ok(trace) => trace,
+                Err(e) => return self.fail(e),
+            };
+            let file = self.opened.len() - 1;
+            if let Some(&(first_file, first_line)) = self.seen.get(&trace.id) {
+                let error = StoreError::DuplicateId {
+                    path: self.opened[file].clone(),
+                    line,
+                    id: trace.id,
+                    first_path: self.opened[first_file].clone(),
+                    first_line,
+                };
+                return self.fail(error);
+            }
+            self.seen.insert(trace.id.clone(), (file, line));
+            return Some(Ok(trace));
+        }
+        None
+    }
+}
+
+/// Reads every trace of a file, rejecting an empty file and duplicate ids.
+pub fn read_all(path: &Path) -> Result<Vec<Trace>, StoreError> {
+    TraceFiles::open(&[path.to_owned()]).collect()
+}
+
+/// The length of `bytes` up to and including its last newline: what is left after it is a line
+/// torn by a crash mid-write (every line is written whole, newline included, in one write).
+fn complete_length(bytes: &[u8]) -> usize {
+    bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1)
+}
+
+/// Ids already recorded in `path` (none if it does not exist). Only a torn last line (no newline
+/// after it: a crash mid-write) is not counted, whether or not it happens to parse, so that its
+/// item is recorded again; [`TraceWriter::append`] cuts it off. Any other bad line is an error
+/// naming it, and a duplicate id too: resuming past either would hide the damage.
+pub fn recorded_ids(path: &Path) -> Result<HashSet<String>, StoreError> {
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(HashSet::new()),
+        Err(source) => return Err(StoreError::Io { path: path.to_owned(), source }),
+    };
+    let complete = bytes[..complete_length(&bytes)].to_vec();
+    let mut ids = HashSet::new();
+    let mut seen: HashMap<String, u64> = HashMap::new();
+    let mut reader = TraceReader::from_reader(path, io::Cursor::new(complete));
+    while let Some(item) = reader.next() {
+        let trace = item?;
+        if let Some(&first_line) = seen.get(&trace.id) {
+            return Err(StoreError::DuplicateId {
+                path: path.to_owned(),
+                line: reader.line(),
+                id: trace.id,
+                first_path: path.to_owned(),
+                first_line,
+            });
+        }
+        seen.insert(trace.id.clone(), reader.line());
+        ids.insert(trace.id);
     }
     Ok(ids)
 }
 
-/// Appends traces to a plain JSONL file, one flushed line each.
+/// Appends traces to a plain JSONL file, each as one complete line in a single write.
 pub struct TraceWriter {
     path: PathBuf,
-    out: BufWriter<File>,
+    out: File,
 }
 
 impl TraceWriter {
@@ -156,23 +250,51 @@ impl TraceWriter {
                 "recording writes plain .jsonl (append-safe); compress the finished file",
             )));
         }
-        let complete_length = match std::fs::read(path) {
-            Ok(bytes) if bytes.last().is_some_and(|&b| b != b'\n') => {
-                Some(bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1) as u64)
-            }
+        let torn_at = match std::fs::read(path) {
+            Ok(bytes) if bytes.last().is_some_and(|&b| b != b'\n') => Some(complete_length(&bytes) as u64),
             _ => None,
         };
         let file = OpenOptions::new().create(true).append(true).open(path).map_err(io_err)?;
-        if let Some(length) = complete_length {
+        if let Some(length) = torn_at {
             file.set_len(length).map_err(io_err)?;
         }
-        Ok(TraceWriter { path: path.to_owned(), out: BufWriter::new(file) })
+        Ok(TraceWriter { path: path.to_owned(), out: file })
     }
 
+    /// Appends one line. The line and its newline go out in one `write_all` on an unbuffered file,
+    /// so a crash leaves either the whole line or a torn one without its newline, never a
+    /// complete-looking line that the next append would cut.
     pub fn write(&mut self, trace: &Trace) -> Result<(), StoreError> {
-        let io_err = |source| StoreError::Io { path: self.path.clone(), source };
-        self.out.write_all(trace.to_line().as_bytes()).map_err(io_err)?;
-        self.out.write_all(b"\n").map_err(io_err)?;
-        self.out.flush().map_err(io_err)
+        let mut line = trace.to_line();
+        line.push('\n');
+        self.out.write_all(line.as_bytes()).map_err(|source| StoreError::Io { path: self.path.clone(), source })
     }
+}
+
+/// Replaces `path` with what `fill` writes, atomically: into a temporary file beside it, synced,
+/// then renamed over it (and the folder synced), so a crash at any point leaves either the old
+/// file or the whole new one, never a truncated one. Every output file of stopwise (certificates,
+/// models, reports, exports) is written this way.
+pub fn replace_file(path: &Path, fill: impl FnOnce(&mut dyn Write) -> io::Result<()>) -> Result<(), StoreError> {
+    let io_err = |source| StoreError::Io { path: path.to_owned(), source };
+    let folder = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    let mut temporary =
+        tempfile::Builder::new().prefix(".stopwise-").suffix(".tmp").tempfile_in(folder).map_err(io_err)?;
+    {
+        let mut out = io::BufWriter::new(temporary.as_file_mut());
+        fill(&mut out).map_err(io_err)?;
+        out.flush().map_err(io_err)?;
+    }
+    temporary.as_file().sync_all().map_err(io_err)?;
+    temporary.persist(path).map_err(|e| io_err(e.error))?;
+    // The rename is durable only once the folder's entry is on disk too.
+    File::open(folder).and_then(|dir| dir.sync_all()).map_err(io_err)
+}
+
+/// [`replace_file`] with the whole content at hand.
+pub fn write_file(path: &Path, content: &[u8]) -> Result<(), StoreError> {
+    replace_file(path, |out| out.write_all(content))
 }

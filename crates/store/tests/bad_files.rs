@@ -5,7 +5,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use stopwise_store::{read_all, recorded_ids, TraceReader, TraceWriter};
+use stopwise_store::{read_all, recorded_ids, TraceFiles, TraceReader, TraceWriter};
 
 const GOOD: &str = r#"{"v":1,"id":"a","dataset":"gsm8k","task":"numeric","gold":["4"],"model":"m","prompt_tokens":5,"probe":{"suffix":"\nFinal answer: ","max_tokens":8,"interval":32},"checkpoints":[{"tokens":32,"answer":"4","answer_tokens":2,"mean_prob":0.9,"min_prob":0.8,"segment_logprob":-0.3,"segment_entropy":0.5}],"final":{"tokens":40,"answer":"4","finish_reason":"stop"}}"#;
 
@@ -72,4 +72,71 @@ fn appending_after_a_crash_mid_line_keeps_every_finished_trace() {
     // The torn line (never counted as recorded) is cut off, so the file stays valid.
     let ids: Vec<String> = read_all(&path).unwrap().into_iter().map(|t| t.id).collect();
     assert_eq!(ids, ["a", "c"]);
+}
+
+fn with_id(id: &str) -> String {
+    GOOD.replace(r#""id":"a""#, &format!(r#""id":"{id}""#))
+}
+
+#[test]
+fn a_last_line_without_its_newline_is_recorded_again_not_lost() {
+    // A crash between a line and its newline used to leave a line that parsed: resume counted it
+    // as recorded, then the append cut it off as torn, and the trace was gone with exit 0.
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "run.jsonl", format!("{GOOD}\n{}", with_id("b")).as_bytes());
+    let done = recorded_ids(&path).unwrap();
+    assert!(done.contains("a") && !done.contains("b"), "{done:?}");
+    let b = stopwise_core::trace::parse_line(&with_id("b")).unwrap();
+    TraceWriter::append(&path).unwrap().write(&b).unwrap();
+    let ids: Vec<String> = read_all(&path).unwrap().into_iter().map(|t| t.id).collect();
+    assert_eq!(ids, ["a", "b"]);
+}
+
+#[test]
+fn a_bad_line_before_the_end_stops_the_resume_naming_it() {
+    // It used to be taken for a torn end: everything after it was recorded again (duplicates)
+    // and the bad line stayed in place.
+    let dir = tempfile::tempdir().unwrap();
+    let body = format!("{GOOD}\n{{\"v\":1,\n{}\n", with_id("c"));
+    let path = write(dir.path(), "run.jsonl", body.as_bytes());
+    let err = recorded_ids(&path).unwrap_err().to_string();
+    assert!(err.contains("run.jsonl:2:"), "{err}");
+    let twice = write(dir.path(), "twice.jsonl", format!("{GOOD}\n{GOOD}\n").as_bytes());
+    let err = recorded_ids(&twice).unwrap_err().to_string();
+    assert!(err.contains("twice.jsonl:2:") && err.contains("twice.jsonl:1"), "{err}");
+}
+
+#[test]
+fn ids_must_be_unique_across_files_and_both_places_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = write(dir.path(), "first.jsonl", format!("{GOOD}\n{}\n", with_id("b")).as_bytes());
+    let second = write(dir.path(), "second.jsonl", format!("{}\n\n{}\n", with_id("c"), with_id("b")).as_bytes());
+    let err = TraceFiles::open(&[first.clone(), second.clone()]).collect::<Result<Vec<_>, _>>().unwrap_err();
+    let err = err.to_string();
+    assert!(err.contains("second.jsonl:3:") && err.contains("first.jsonl:2") && err.contains("`b`"), "{err}");
+    let ids: Vec<String> = TraceFiles::open(&[first]).map(|t| t.unwrap().id).collect();
+    assert_eq!(ids, ["a", "b"]);
+    let empty = write(dir.path(), "empty.jsonl", b"");
+    let err = TraceFiles::open(&[second, empty]).collect::<Result<Vec<_>, _>>().unwrap_err().to_string();
+    assert!(err.contains("empty.jsonl") && err.contains("no traces"), "{err}");
+}
+
+#[test]
+fn an_output_file_is_replaced_whole_or_not_at_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "cert.json", b"{\"old\": true}\n");
+    // A writer that fails half-way (as a crash or a full disk would) leaves the old file as it was;
+    // `std::fs::write` would have truncated it first.
+    let failed = stopwise_store::replace_file(&path, |out| {
+        out.write_all(b"{\"new\": ")?;
+        Err(std::io::Error::other("disk full"))
+    });
+    assert!(failed.unwrap_err().to_string().contains("disk full"));
+    assert_eq!(std::fs::read(&path).unwrap(), b"{\"old\": true}\n");
+    stopwise_store::write_file(&path, b"{\"new\": true}\n").unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), b"{\"new\": true}\n");
+    let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(names, ["cert.json"], "no temporary file is left behind");
+    let err = stopwise_store::write_file(&dir.path().join("missing/cert.json"), b"x").unwrap_err().to_string();
+    assert!(err.contains("missing/cert.json"), "{err}");
 }

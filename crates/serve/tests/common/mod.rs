@@ -139,8 +139,8 @@ pub fn python_has(module: &str) -> bool {
     if !ok {
         assert!(
             std::env::var_os("STOPWISE_SKIP_PYTHON_TESTS").is_some(),
-            "python3 cannot import `{module}`; run `pip install openai 'llama-cpp-python[server]==0.3.36'` \
-             (see .ci/run) or set STOPWISE_SKIP_PYTHON_TESTS=1 to skip"
+            "python3 cannot import `{module}`; run the tests with `scripts/test` (it installs the pinned \
+             packages of scripts/requirements-test.txt into target/python) or set STOPWISE_SKIP_PYTHON_TESTS=1 to skip"
         );
         eprintln!("\n!!! SKIPPED: python3 cannot import `{module}` and STOPWISE_SKIP_PYTHON_TESTS is set !!!\n");
     }
