@@ -119,6 +119,8 @@ impl AppState {
     }
 }
 
+/// The client for one route's upstream. Redirects are not followed: a redirect to another host
+/// would carry the request body, prompt included, to wherever the upstream points.
 fn http_client(api_key: Option<&str>) -> Result<reqwest::Client, String> {
     let mut headers = header::HeaderMap::new();
     if let Some(key) = api_key {
@@ -129,6 +131,9 @@ fn http_client(api_key: Option<&str>) -> Result<reqwest::Client, String> {
     }
     reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
+        .redirect(reqwest::redirect::Policy::none())
+        // Idle keep-alive connections are closed after this, not kept for ever.
+        .pool_idle_timeout(Duration::from_secs(30))
         .default_headers(headers)
         .build()
         .map_err(|e| format!("cannot build the HTTP client: {e}"))
@@ -305,7 +310,7 @@ async fn complete(
             let url = format!("{base}/{}", endpoint.path());
             if !stopping && !req.stream {
                 let meter = Meter::start(&route.model, endpoint, started);
-                return passthrough(state.client(route), &url, &upstream_body, meter).await;
+                return passthrough(state.client(route), &url, &upstream_body, route.limits(), meter).await;
             }
             // Stopping needs the tokens as they come, whatever the client asked for, and a rule
             // that reads log-probs needs them even when the client did not ask (they are then
@@ -324,7 +329,7 @@ async fn complete(
             let probes =
                 stopping.then(|| Probes::Launch(Arc::new(http_prober(state.client(route), route, &upstream_body))));
             let producer =
-                http_upstream::stream(state.client(route).clone(), url, upstream_body, added, route.idle_timeout, tx);
+                http_upstream::stream(state.client(route).clone(), url, upstream_body, added, route.limits(), tx);
             (tokio::spawn(producer), probes)
         }
     };
@@ -402,15 +407,28 @@ async fn passthrough(
     client: &reqwest::Client,
     url: &str,
     body: &Map<String, Value>,
+    limits: http_upstream::Limits,
     mut meter: Meter,
 ) -> Result<Response, ApiError> {
     meter.finish(Outcome::Failed, 0, None);
-    let response = client.post(url).json(body).send().await.map_err(|e| ApiError::upstream(format!("{url}: {e}")))?;
+    let silent = || {
+        let ms = limits.idle_timeout.as_millis();
+        ApiError::upstream_timeout(format!("{url} sent nothing for {ms} ms (the route's idle_timeout_ms)"))
+    };
+    let response = tokio::time::timeout(limits.idle_timeout, client.post(url).json(body).send())
+        .await
+        .map_err(|_| silent())?
+        .map_err(|e| ApiError::upstream(format!("{url}: {e}")))?;
     let status = response.status();
-    let bytes = response.bytes().await.map_err(|e| ApiError::upstream(format!("{url}: {e}")))?;
     if !status.is_success() {
-        return Err(ApiError::from_upstream(status.as_u16(), &String::from_utf8_lossy(&bytes)));
+        let text = http_upstream::error_text(response, limits.idle_timeout).await;
+        return Err(ApiError::from_upstream(status.as_u16(), &text));
     }
+    let bytes = match http_upstream::read_body(response, limits.idle_timeout, limits.max_response_bytes).await {
+        Ok(bytes) => bytes,
+        Err(http_upstream::BodyError::Silent(_)) => return Err(silent()),
+        Err(e) => return Err(ApiError::upstream(format!("{url} {e}"))),
+    };
     let usage = serde_json::from_slice::<Value>(&bytes).ok().and_then(|v| v["usage"]["completion_tokens"].as_u64());
     meter.finish(Outcome::Completed, usage.unwrap_or(0) as u32, None);
     Ok(([(header::CONTENT_TYPE, "application/json")], bytes).into_response())

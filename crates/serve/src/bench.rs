@@ -65,7 +65,7 @@ async fn one(client: &reqwest::Client, base: &str, body: &Value) -> Result<Run, 
     let mut bytes = response.bytes_stream();
     while let Some(part) = bytes.next().await {
         let part = part.map_err(|e| format!("{base}: {e}"))?;
-        for event in parser.push(&part) {
+        for event in parser.push(&part).map_err(|e| format!("{base}: {e}"))? {
             if event.data == "[DONE]" {
                 run.total = started.elapsed();
                 return Ok(run);

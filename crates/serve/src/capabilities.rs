@@ -118,7 +118,7 @@ async fn check_running_usage(client: &reqwest::Client, base: &str, model: &Value
     let (mut with_choices, mut with_usage) = (0, 0);
     let mut bytes = response.bytes_stream();
     while let Some(Ok(part)) = bytes.next().await {
-        for event in parser.push(&part) {
+        for event in parser.push(&part).unwrap_or_default() {
             let chunk: Value = serde_json::from_str(&event.data).unwrap_or_default();
             if chunk["choices"].as_array().is_some_and(|c| !c.is_empty()) {
                 with_choices += 1;
@@ -147,7 +147,7 @@ async fn check_stream(client: &reqwest::Client, base: &str, model: &Value, limit
     };
     if !response.status().is_success() {
         let status = response.status();
-        let body = response.text().await.unwrap_or_default();
+        let body = crate::http_upstream::error_text(response, limit).await;
         let why = format!(
             "a streamed request with logprobs answered {status}: {}",
             body.chars().take(200).collect::<String>()
@@ -158,7 +158,7 @@ async fn check_stream(client: &reqwest::Client, base: &str, model: &Value, limit
     let (mut chunks, mut done, mut with_logprobs) = (0, false, 0);
     let mut bytes = response.bytes_stream();
     while let Some(Ok(part)) = bytes.next().await {
-        for event in parser.push(&part) {
+        for event in parser.push(&part).unwrap_or_default() {
             if event.data == "[DONE]" {
                 done = true;
                 continue;

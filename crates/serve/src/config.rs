@@ -18,6 +18,8 @@ pub const DEFAULT_POLICY: &str = "dynasor-cot";
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_BODY_LIMIT: usize = 8 * 1024 * 1024;
 pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 120_000;
+/// Default cap on a non-streamed upstream reply.
+pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 64 << 20;
 pub const DEFAULT_ANSWER_TEMPLATE: &str = "\n\n**Final Answer**: {answer}";
 
 /// The file as written.
@@ -79,6 +81,11 @@ pub struct RouteConfig {
     /// An HTTP upstream that sends nothing for this long is given up (504; an SSE error event once
     /// streaming). Default 120000.
     pub idle_timeout_ms: Option<u64>,
+    /// Longest SSE line or event an HTTP upstream may send (an SSE error event and the upstream
+    /// request cancelled beyond it). Default 4 MiB.
+    pub max_event_bytes: Option<usize>,
+    /// Largest non-streamed reply an HTTP upstream may send (502 beyond it). Default 64 MiB.
+    pub max_response_bytes: Option<usize>,
     /// When the upstream lacks a capability the policy needs: `refuse` to start (default), or
     /// `degrade` to serving the route without stopping.
     #[serde(default)]
@@ -233,6 +240,8 @@ pub struct Route {
     pub probe: ProbeConfig,
     pub answer_template: String,
     pub idle_timeout: std::time::Duration,
+    pub max_event_bytes: usize,
+    pub max_response_bytes: usize,
     pub on_missing_capability: OnMissing,
 }
 
@@ -257,8 +266,9 @@ impl Upstream {
         if text == EMBEDDED {
             return Ok(Upstream::Embedded);
         }
-        if !(text.starts_with("http://") || text.starts_with("https://")) {
-            return Err(invalid(key, format!("`{text}` is neither `embedded` nor an http(s):// base URL")));
+        let has_host = reqwest::Url::parse(text).is_ok_and(|url| url.host_str().is_some_and(|h| !h.is_empty()));
+        if !(text.starts_with("http://") || text.starts_with("https://")) || !has_host {
+            return Err(invalid(key, format!("`{text}` is neither `embedded` nor an http(s):// base URL with a host")));
         }
         Ok(Upstream::Http(text.trim_end_matches('/').to_owned()))
     }
@@ -303,6 +313,8 @@ impl Config {
                 probe: ProbeConfig::default(),
                 answer_template: None,
                 idle_timeout_ms: None,
+                max_event_bytes: None,
+                max_response_bytes: None,
                 on_missing_capability: OnMissing::default(),
             });
         } else if upstream.is_some() || overrides.model_name.is_some() {
@@ -376,8 +388,24 @@ impl Route {
         if probe.interval == 0 || probe.max_tokens == 0 || probe.max_probes == 0 {
             return Err(invalid(key("probe"), "interval, max_tokens and max_probes must be at least 1"));
         }
+        if route.model.trim().is_empty() {
+            return Err(invalid(key("model"), "must not be empty"));
+        }
+        if route.upstream_model.as_deref().is_some_and(|m| m.trim().is_empty()) {
+            return Err(invalid(key("upstream_model"), "must not be empty"));
+        }
         if route.idle_timeout_ms == Some(0) {
             return Err(invalid(key("idle_timeout_ms"), "must be at least 1"));
+        }
+        if probe.timeout_ms == 0 {
+            return Err(invalid(key("probe.timeout_ms"), "must be at least 1"));
+        }
+        for (name, value) in
+            [("max_event_bytes", route.max_event_bytes), ("max_response_bytes", route.max_response_bytes)]
+        {
+            if value == Some(0) {
+                return Err(invalid(key(name), "must be at least 1"));
+            }
         }
         if probe.suffix.is_empty() {
             return Err(invalid(key("probe.suffix"), "must not be empty"));
@@ -399,8 +427,19 @@ impl Route {
             probe,
             answer_template,
             idle_timeout: std::time::Duration::from_millis(route.idle_timeout_ms.unwrap_or(DEFAULT_IDLE_TIMEOUT_MS)),
+            max_event_bytes: route.max_event_bytes.unwrap_or(crate::sse::DEFAULT_MAX_EVENT_BYTES),
+            max_response_bytes: route.max_response_bytes.unwrap_or(DEFAULT_MAX_RESPONSE_BYTES),
             on_missing_capability: route.on_missing_capability,
         })
+    }
+
+    /// The bounds on reading one reply of this route's upstream.
+    pub fn limits(&self) -> crate::http_upstream::Limits {
+        crate::http_upstream::Limits {
+            idle_timeout: self.idle_timeout,
+            max_event_bytes: self.max_event_bytes,
+            max_response_bytes: self.max_response_bytes,
+        }
     }
 
     /// Where this route's probes go.
@@ -543,5 +582,28 @@ policy = "deer"
             Config::parse("[[routes]]\nmodel = \"m\"\nupstream = \"embedded\"\nanswer_template = \"x\"").unwrap();
         let err = config.resolve(&Overrides::default(), no_env).unwrap_err().to_string();
         assert!(err.contains("answer_template"), "{err}");
+    }
+
+    #[test]
+    fn values_that_cannot_work_are_refused_at_start() {
+        let cases = [
+            ("model = \"m\"\nupstream = \"http://\"", "routes[0].upstream"),
+            ("model = \"m\"\nupstream = \"https://:8000/v1\"", "routes[0].upstream"),
+            ("model = \"\"\nupstream = \"embedded\"", "routes[0].model"),
+            ("model = \" \"\nupstream = \"embedded\"", "routes[0].model"),
+            ("model = \"m\"\nupstream = \"http://h/v1\"\nupstream_model = \"\"", "routes[0].upstream_model"),
+            ("model = \"m\"\nupstream = \"embedded\"\nprobe = { timeout_ms = 0 }", "routes[0].probe.timeout_ms"),
+            ("model = \"m\"\nupstream = \"http://h/v1\"\nmax_event_bytes = 0", "routes[0].max_event_bytes"),
+            ("model = \"m\"\nupstream = \"http://h/v1\"\nmax_response_bytes = 0", "routes[0].max_response_bytes"),
+        ];
+        for (route, key) in cases {
+            let config = Config::parse(&format!("[[routes]]\n{route}\npolicy = \"never\"")).unwrap();
+            let err = config.resolve(&Overrides::default(), no_env).unwrap_err().to_string();
+            assert!(err.contains(key), "{route}: {err}");
+        }
+        let config = Config::parse("[[routes]]\nmodel = \"m\"\nupstream = \"http://h:8000/v1/\"").unwrap();
+        let route = &config.resolve(&Overrides::default(), no_env).unwrap().routes[0];
+        assert_eq!(route.upstream, Upstream::Http("http://h:8000/v1".into()));
+        assert_eq!(route.limits().max_event_bytes, crate::sse::DEFAULT_MAX_EVENT_BYTES);
     }
 }

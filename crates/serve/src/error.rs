@@ -73,7 +73,12 @@ impl ApiError {
 
     /// The upstream answered with an error: its status and (when it is OpenAI-shaped) its body.
     pub fn from_upstream(status: u16, body: &str) -> Self {
-        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+        // Only an upstream's own error statuses are passed on: anything else that is not a success
+        // (a redirect, which is not followed, or a 1xx) is the upstream failing the proxy.
+        let status = StatusCode::from_u16(status)
+            .ok()
+            .filter(|s| s.is_client_error() || s.is_server_error())
+            .unwrap_or(StatusCode::BAD_GATEWAY);
         let parsed: Option<Value> = serde_json::from_str(body).ok();
         let error = parsed.as_ref().and_then(|v| v.get("error"));
         let text = |key: &str| error.and_then(|e| e.get(key)).and_then(Value::as_str).map(str::to_owned);

@@ -14,6 +14,17 @@ use crate::session::{Head, Piece, ProbeFuture, ProbeOutcome, Prober};
 use crate::shape::delta_text;
 use crate::sse::SseParser;
 
+/// The bounds on reading one upstream reply (a route's settings).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Longest silence between two reads.
+    pub idle_timeout: Duration,
+    /// Longest SSE line or event.
+    pub max_event_bytes: usize,
+    /// Largest non-streamed body.
+    pub max_response_bytes: usize,
+}
+
 /// What stopwise asked of the upstream that the client did not, to be read and then taken out of
 /// what the client receives.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -29,6 +40,51 @@ pub struct Added {
     pub final_usage: bool,
 }
 
+/// Most bytes of an upstream's error body that are read: enough for any OpenAI-shaped error, and
+/// an endless one cannot fill memory.
+pub const ERROR_BODY_LIMIT: usize = 64 << 10;
+
+/// Why an upstream body could not be read whole.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BodyError {
+    #[error("sent nothing for {0} ms (the route's idle_timeout_ms)")]
+    Silent(u128),
+    #[error("sent a body of more than {0} bytes (the route's max_response_bytes)")]
+    TooLarge(usize),
+    #[error("broke off the body: {0}")]
+    Broken(String),
+}
+
+/// Reads a whole response body, refusing one longer than `limit` and giving up when the upstream is
+/// silent for `idle` between two reads: no upstream reply is waited for or buffered without bound.
+pub async fn read_body(response: reqwest::Response, idle: Duration, limit: usize) -> Result<Vec<u8>, BodyError> {
+    let mut body = Vec::new();
+    let mut bytes = response.bytes_stream();
+    loop {
+        let part = tokio::time::timeout(idle, bytes.next()).await.map_err(|_| BodyError::Silent(idle.as_millis()))?;
+        let Some(part) = part else { return Ok(body) };
+        let part = part.map_err(|e| BodyError::Broken(e.to_string()))?;
+        if body.len() + part.len() > limit {
+            return Err(BodyError::TooLarge(limit));
+        }
+        body.extend_from_slice(&part);
+    }
+}
+
+/// The start of an error response's body, for the error the client gets: whatever arrived within
+/// [`ERROR_BODY_LIMIT`] bytes and before a silence of `idle` (then the connection is dropped).
+pub async fn error_text(response: reqwest::Response, idle: Duration) -> String {
+    let mut body = Vec::new();
+    let mut bytes = response.bytes_stream();
+    while body.len() < ERROR_BODY_LIMIT {
+        match tokio::time::timeout(idle, bytes.next()).await {
+            Ok(Some(Ok(part))) => body.extend_from_slice(&part[..part.len().min(ERROR_BODY_LIMIT - body.len())]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&body).into_owned()
+}
+
 /// POSTs `body` to `url` (an upstream's chat or completions endpoint) and reports the streamed
 /// chunks as pieces.
 pub async fn stream(
@@ -36,10 +92,10 @@ pub async fn stream(
     url: String,
     body: Map<String, Value>,
     added: Added,
-    idle_timeout: Duration,
+    limits: Limits,
     tx: mpsc::Sender<Piece>,
 ) {
-    let failed = match stream_inner(&client, &url, &body, added, idle_timeout, &tx).await {
+    let failed = match stream_inner(&client, &url, &body, added, limits, &tx).await {
         Ok(()) => return,
         Err(e) => e,
     };
@@ -52,9 +108,10 @@ async fn stream_inner(
     url: &str,
     body: &Map<String, Value>,
     added: Added,
-    idle_timeout: Duration,
+    limits: Limits,
     tx: &mpsc::Sender<Piece>,
 ) -> Result<(), ApiError> {
+    let idle_timeout = limits.idle_timeout;
     let silent = || {
         let ms = idle_timeout.as_millis();
         ApiError::upstream_timeout(format!("{url} sent nothing for {ms} ms (the route's idle_timeout_ms)"))
@@ -65,17 +122,16 @@ async fn stream_inner(
         .map_err(|e| ApiError::upstream(format!("{url}: {e}")))?;
     let status = response.status();
     if !status.is_success() {
-        let text = response.text().await.unwrap_or_default();
-        return Err(ApiError::from_upstream(status.as_u16(), &text));
+        return Err(ApiError::from_upstream(status.as_u16(), &error_text(response, idle_timeout).await));
     }
-    let mut parser = SseParser::default();
+    let mut parser = SseParser::new(limits.max_event_bytes);
     let mut bytes = response.bytes_stream();
     let mut head_sent = false;
     // Completion tokens counted so far, when the upstream reports them running.
     let mut counted = 0;
     while let Some(part) = tokio::time::timeout(idle_timeout, bytes.next()).await.map_err(|_| silent())? {
         let part = part.map_err(|e| ApiError::upstream(format!("the upstream broke off the stream: {e}")))?;
-        for event in parser.push(&part) {
+        for event in parser.push(&part).map_err(|e| ApiError::upstream(e.to_string()))? {
             if event.data == "[DONE]" {
                 let _ = tx.send(Piece::Done).await;
                 return Ok(());
@@ -159,6 +215,9 @@ fn chunk_piece(chunk: &Value, data: String) -> Piece {
     Piece::Chunk { data, text, reasoning, tokens, logprob, entropy: None }
 }
 
+/// Largest probe answer read: a few tokens with their log-probs take a few kilobytes.
+const PROBE_RESPONSE_LIMIT: usize = 1 << 20;
+
 /// What a probe continues: the request's conversation, or its raw prompt.
 #[derive(Debug, Clone)]
 pub enum ProbeInput {
@@ -208,13 +267,17 @@ impl Prober for HttpProber {
             }
         };
         let request = self.client.post(url).timeout(self.timeout).json(&body);
+        let timeout = self.timeout;
         Box::pin(async move {
             let response = request.send().await.map_err(|e| e.to_string())?;
             let status = response.status();
-            let value: Value = response.json().await.map_err(|e| e.to_string())?;
+            // The body is neither kept nor logged when the probe failed: upstreams echo prompts in
+            // their errors, and these messages end up in the server's log.
             if !status.is_success() {
-                return Err(format!("probe answered {status}: {value}"));
+                return Err(format!("probe answered {status}"));
             }
+            let body = read_body(response, timeout, PROBE_RESPONSE_LIMIT).await.map_err(|e| format!("probe {e}"))?;
+            let value: Value = serde_json::from_slice(&body).map_err(|e| format!("probe answer is not JSON: {e}"))?;
             Ok(probe_outcome(&value, after_tokens))
         })
     }
