@@ -15,9 +15,10 @@ use clap::{Parser, Subcommand};
 use serde_json::json;
 use stopwise_core::answer::{self, Task};
 use stopwise_core::certify::{Method, PValue, Risk, Settings};
-use stopwise_core::policy::PolicySpec;
+use stopwise_core::replay::Limits;
 use stopwise_core::replay::{replay, Tally, TraceFacts};
-use stopwise_core::sweep::{pareto_frontier, Family, Sweep, SweepReport};
+use stopwise_core::rules::{Family, PolicySpec};
+use stopwise_core::sweep::{pareto_frontier, Sweep, SweepReport};
 use stopwise_core::trace::ProbeSettings;
 use stopwise_engine::{fetch_default_model, resolve_model, LlamaConfig, LlamaEngine};
 use stopwise_store::TraceReader;
@@ -199,9 +200,7 @@ enum Command {
     Sweep {
         #[arg(long)]
         traces: PathBuf,
-        /// Families: budget, consistency, confidence, logprob_window, learned:MODEL.json (default:
-        /// every hand-rule family).
-        #[arg(long = "rule")]
+        #[arg(long = "rule", help = format!("Families: {} (default: every hand-rule family)", Family::usage()))]
         rules: Vec<String>,
         #[arg(long, default_value_t = 32)]
         thresholds: usize,
@@ -239,18 +238,29 @@ struct CertifyOptions {
     /// LTT p-value: binomial (exact) or hoeffding-bentkus.
     #[arg(long, default_value = "binomial")]
     p_value: PValue,
-    /// Candidate groups: families (budget, consistency, confidence, logprob_window,
-    /// learned:MODEL.json) or preset names; repeatable (default: every hand-rule family).
-    #[arg(long = "rule")]
+    #[arg(
+        long = "rule",
+        help = format!(
+            "Candidate groups: families ({}) or preset names; repeatable (default: every hand-rule family)",
+            Family::usage()
+        )
+    )]
     rules: Vec<String>,
     /// Thresholds per family grid.
     #[arg(long, default_value_t = 32)]
     thresholds: usize,
+    /// Probes per request at most, as `probe.max_probes` of the route that will serve the result.
+    #[arg(long, default_value_t = Limits::DEFAULT_MAX_PROBES)]
+    max_probes: u32,
 }
 
 impl CertifyOptions {
     fn settings(&self, epsilon: f64) -> Settings {
         Settings { epsilon, delta: self.delta, risk: self.risk, method: self.method, p_value: self.p_value }
+    }
+
+    fn limits(&self) -> Limits {
+        Limits { max_probes: self.max_probes }
     }
 }
 
@@ -334,6 +344,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Calibrate { certify, epsilon, out, json } => calibrate::calibrate(&calibrate::CalibrateArgs {
             settings: certify.settings(epsilon),
+            limits: certify.limits(),
             traces: certify.traces,
             rules: certify.rules,
             thresholds: certify.thresholds,
@@ -343,6 +354,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Validate { certify, epsilons, splits, calibration_fraction, seed, json } => {
             calibrate::validate_command(&calibrate::ValidateArgs {
                 settings: certify.settings(epsilons.first().copied().unwrap_or(0.01)),
+                limits: certify.limits(),
                 epsilons,
                 traces: certify.traces,
                 rules: certify.rules,
@@ -362,8 +374,8 @@ fn run(cli: Cli) -> Result<()> {
             print_rows(&rows, json)
         }
         Command::Sweep { traces, rules, thresholds, report, json } => {
-            let families = rules.iter().map(|r| learn::parse_family(r)).collect::<Result<Vec<_>>>()?;
-            let families = if families.is_empty() { Family::DEFAULTS.to_vec() } else { families };
+            let families = rules.iter().map(|r| calibrate::parse_family(r)).collect::<Result<Vec<_>>>()?;
+            let families = if families.is_empty() { Family::defaults() } else { families };
             let presets = calibrate::peers();
             let (sweep, rows) = evaluate(std::slice::from_ref(&traces), &families, thresholds, &presets)?;
             if let Some(dir) = report {
@@ -510,11 +522,14 @@ fn evaluate(
             let trace = trace?;
             let facts = TraceFacts::of(&trace);
             let sweep = sweep.get_or_insert_with(|| {
-                Sweep::new(families.iter().map(|f| (f.clone(), f.grid(thresholds, trace.probe.interval))))
+                Sweep::new(
+                    families.iter().map(|f| (f.clone(), f.grid(thresholds, trace.probe.interval))),
+                    Limits::default(),
+                )
             });
             sweep.add(&trace, &facts);
             for ((_, spec), tally) in named.iter().zip(&mut tallies) {
-                tally.add(&facts, &replay(spec, &trace, &facts));
+                tally.add(&facts, &replay(spec, &trace, &facts, Limits::default()));
             }
             count += 1;
         }
@@ -550,7 +565,7 @@ fn report_command(traces: &[PathBuf], certificate: Option<&Path>, thresholds: us
         let policy = calibrate::policy_argument(&path.display().to_string())?;
         named.push((policy.label(), policy));
     }
-    let (sweep, mut rows) = evaluate(traces, &Family::DEFAULTS, thresholds, &named)?;
+    let (sweep, mut rows) = evaluate(traces, &Family::defaults(), thresholds, &named)?;
     if certificate.is_some() {
         rows[named.len() - 1].group = report::CERTIFIED.into();
     }
@@ -597,7 +612,7 @@ fn demo(limit: usize, out_dir: &Path, model: Option<&Path>, json: bool) -> Resul
     eprintln!("recording {} GSM8K items with {} into {}", items.len(), model.display(), traces.display());
     record::record(&engine, &items, &settings)?;
     let presets = calibrate::peers();
-    let (sweep, rows) = evaluate(std::slice::from_ref(&traces), &Family::DEFAULTS, 16, &presets)?;
+    let (sweep, rows) = evaluate(std::slice::from_ref(&traces), &Family::defaults(), 16, &presets)?;
     let html = report::write_html(out_dir, "stopwise demo (GSM8K sample, SmolLM2-135M)", &rows, &sweep.oracle)?;
     print_rows(&rows, json)?;
     eprintln!("report: {}\nwall time: {:.0} s", html.display(), started.elapsed().as_secs_f64());

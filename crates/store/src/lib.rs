@@ -176,3 +176,13 @@ impl TraceWriter {
         self.out.flush().map_err(io_err)
     }
 }
+
+/// The text of the file at `path`, or `None` when there is no file there: how the CLI and the
+/// server let core's policy loader read the files a policy names
+/// (`stopwise_core::policy::Files`).
+pub fn read_if_file(path: &Path) -> io::Result<Option<String>> {
+    if !path.is_file() {
+        return Ok(None);
+    }
+    std::fs::read_to_string(path).map(Some)
+}
