@@ -10,14 +10,13 @@ use stopwise_core::rules::Family;
 use stopwise_core::sweep::Sweep;
 use stopwise_core::trace::{parse_line, Trace};
 
-fn bundled(file: &str) -> Vec<Trace> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../data/traces").join(file);
-    let text = std::fs::read_to_string(&path).unwrap();
-    text.lines().filter(|l| !l.trim().is_empty()).map(|l| parse_line(l).unwrap()).collect()
-}
-
 #[test]
 fn the_default_max_probes_changes_nothing_on_the_bundled_traces() {
+    let bundled = |file: &str| -> Vec<Trace> {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../data/traces").join(file);
+        let text = std::fs::read_to_string(&path).unwrap();
+        text.lines().filter(|l| !l.trim().is_empty()).map(|l| parse_line(l).unwrap()).collect()
+    };
     let unlimited = Limits { max_probes: u32::MAX };
     for file in ["gsm8k.jsonl", "nq.jsonl"] {
         let traces = bundled(file);

@@ -85,13 +85,16 @@ fn dense_model() -> SharedModel {
 /// Every registered family (the learned one over `dense_model`, named by a file as on a command
 /// line), and two more settings of the hand rules.
 fn registered_families() -> Vec<Family> {
-    let model = serde_json::to_string(&dense_model()).unwrap();
+    let model = dense_model().to_json();
     let read = move |_: &std::path::Path| -> std::io::Result<Option<String>> { Ok(Some(model.clone())) };
     let files = Files::read_with(&read, "");
     Family::NAMES
         .iter()
         .map(|name| {
-            Family::parse(name, &files).or_else(|_| Family::parse(&format!("{name}:dense.json"), &files)).unwrap()
+            // A family without a default takes a file: a model is all a file here can be.
+            Family::parse(name, &files)
+                .or_else(|_| Family::parse(&format!("{name}:dense.json"), &files))
+                .unwrap_or_else(|e| panic!("{name}: {e}"))
         })
         .chain([
             Family::Consistency(ConsistencyFamily { hedge_filter: false }),
