@@ -7,9 +7,10 @@
 //! reads, its state) and [`RuleState`] (`needs_probe`, `decide`); a rule *family* with one
 //! monotone threshold also implements [`SweepFamily`] (its grid, scores and probe charge) and is
 //! then swept, certified and named on command lines as a [`Family`]. The registry at the bottom of
-//! this file lists them all: adding a family is one new module and one line there, and the
-//! compiler then demands every trait item, including [`Reads`], which serve's capability checks
-//! use to know what an upstream must stream.
+//! this file lists them all: adding a family is one new module (its file and `pub mod` line) and
+//! one registry line, and the compiler then demands every trait item, including [`Reads`], which
+//! serve's capability checks use to know what an upstream must stream. Help texts and errors take
+//! the families' names from the registry ([`Family::usage`]); the property tests iterate it.
 
 use std::ops::Range;
 
