@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 use stopwise_core::answer::Task;
 use stopwise_core::certify::{Method, PValue, Risk, Settings};
+use stopwise_core::replay::Limits;
+use stopwise_core::rules::Family;
 
 use crate::{dataset, learn, record};
 
@@ -226,9 +228,7 @@ pub enum Command {
         /// Trace file (JSONL, optionally .gz/.zst).
         #[arg(long)]
         traces: PathBuf,
-        /// Families: budget, consistency, confidence, logprob_window, learned:MODEL.json (default:
-        /// every hand-rule family).
-        #[arg(long = "rule")]
+        #[arg(long = "rule", help = format!("Families: {} (default: every hand-rule family)", Family::usage()))]
         rules: Vec<String>,
         /// Thresholds per family grid.
         #[arg(long, default_value_t = 32)]
@@ -284,18 +284,29 @@ pub struct CertifyOptions {
     /// LTT p-value: binomial (exact) or hoeffding-bentkus.
     #[arg(long, default_value = "binomial")]
     pub p_value: PValue,
-    /// Candidate groups: families (budget, consistency, confidence, logprob_window,
-    /// learned:MODEL.json) or preset names; repeatable (default: every hand-rule family).
-    #[arg(long = "rule")]
+    #[arg(
+        long = "rule",
+        help = format!(
+            "Candidate groups: families ({}) or preset names; repeatable (default: every hand-rule family)",
+            Family::usage()
+        )
+    )]
     pub rules: Vec<String>,
     /// Thresholds per family grid.
     #[arg(long, default_value_t = 32)]
     pub thresholds: usize,
+    /// Probes per request at most, as `probe.max_probes` of the route that will serve the result.
+    #[arg(long, default_value_t = Limits::DEFAULT_MAX_PROBES)]
+    pub max_probes: u32,
 }
 
 impl CertifyOptions {
     pub fn settings(&self, epsilon: f64) -> Settings {
         Settings { epsilon, delta: self.delta, risk: self.risk, method: self.method, p_value: self.p_value }
+    }
+
+    pub fn limits(&self) -> Limits {
+        Limits { max_probes: self.max_probes }
     }
 }
 

@@ -6,9 +6,11 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
+use stopwise_core::replay::Limits;
 use stopwise_core::replay::TraceFacts;
 use stopwise_core::rng::SplitMix64;
-use stopwise_core::sweep::{Family, Sweep};
+use stopwise_core::rules::Family;
+use stopwise_core::sweep::Sweep;
 use stopwise_core::trace::{Checkpoint, Final, ProbeSettings, Trace};
 use stopwise_core::Task;
 use stopwise_store::TraceReader;
@@ -79,7 +81,7 @@ pub fn sweep(traces: usize, checkpoints: u32, thresholds: usize, seed: u64) -> R
     let parse = started.elapsed().as_secs_f64();
 
     let started = Instant::now();
-    let mut sweep = Sweep::new(Family::DEFAULTS.iter().map(|f| (f.clone(), f.grid(thresholds, 32))));
+    let mut sweep = default_sweep(thresholds);
     for trace in TraceReader::open(&path)? {
         let trace = trace?;
         sweep.add(&trace, &TraceFacts::of(&trace));
@@ -90,7 +92,7 @@ pub fn sweep(traces: usize, checkpoints: u32, thresholds: usize, seed: u64) -> R
     // The sweep alone, on traces already in memory: what the numpy baseline times too.
     let in_memory: Vec<Trace> = TraceReader::open(&path)?.collect::<Result<_, _>>()?;
     let started = Instant::now();
-    let mut sweep = Sweep::new(Family::DEFAULTS.iter().map(|f| (f.clone(), f.grid(thresholds, 32))));
+    let mut sweep = default_sweep(thresholds);
     for trace in &in_memory {
         sweep.add(trace, &TraceFacts::of(trace));
     }
@@ -122,4 +124,13 @@ fn tempfile_dir() -> Result<std::path::PathBuf> {
     let dir = std::env::temp_dir().join(format!("stopwise-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).with_context(|| dir.display().to_string())?;
     Ok(dir)
+}
+
+/// A sweep of every default family over `thresholds` thresholds, under serve's default limits.
+fn default_sweep(thresholds: usize) -> Sweep {
+    let families = Family::defaults().into_iter().map(|f| {
+        let grid = f.grid(thresholds, 32);
+        (f, grid)
+    });
+    Sweep::new(families, Limits::default())
 }

@@ -5,14 +5,15 @@
 //! table, prints and writes files.
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use stopwise_core::certify::{
     certify, validate, Candidates, Certificate, Certification, OutcomeTable, Risk, Settings, Validation,
 };
-use stopwise_core::policy::{presets, PolicySpec};
-use stopwise_core::sweep::Family;
+use stopwise_core::policy::{self, presets, Files};
+use stopwise_core::replay::Limits;
+use stopwise_core::rules::{Family, PolicySpec};
 use stopwise_core::trace::Trace;
 use stopwise_store::TraceFiles;
 
@@ -28,18 +29,20 @@ pub fn load_traces(paths: &[PathBuf]) -> Result<Vec<Trace>> {
 /// (one setting). None given: every family.
 pub fn candidates(rules: &[String]) -> Result<Vec<Candidates>> {
     if rules.is_empty() {
-        return Ok(Family::DEFAULTS.into_iter().map(Candidates::Family).collect());
+        return Ok(Family::defaults().into_iter().map(Candidates::Family).collect());
     }
     rules
         .iter()
         .map(|rule| {
-            if rule.starts_with("learned") || Family::parse(rule).is_ok() {
-                return Ok(Candidates::Family(crate::learn::parse_family(rule)?));
+            let name = rule.split_once(':').map_or(rule.as_str(), |(name, _)| name);
+            if Family::NAMES.contains(&name) {
+                return Ok(Candidates::Family(parse_family(rule)?));
             }
             match presets().into_iter().find(|(name, _, _)| name == rule) {
                 Some((name, policy, _)) => Ok(Candidates::Policy { name: name.to_owned(), policy }),
                 None => bail!(
-                    "--rule `{rule}` is neither a family (budget, consistency, confidence, logprob_window, learned:MODEL.json) nor a preset ({})",
+                    "--rule `{rule}` is neither a family ({}) nor a preset ({})",
+                    Family::usage(),
                     presets().iter().map(|p| p.0).collect::<Vec<_>>().join(", ")
                 ),
             }
@@ -57,6 +60,7 @@ pub struct CalibrateArgs {
     pub settings: Settings,
     pub rules: Vec<String>,
     pub thresholds: usize,
+    pub limits: Limits,
     pub out: Option<PathBuf>,
     pub json: bool,
 }
@@ -64,7 +68,7 @@ pub struct CalibrateArgs {
 pub fn calibrate(args: &CalibrateArgs) -> Result<()> {
     let traces = load_traces(&args.traces)?;
     let candidates = candidates(&args.rules)?;
-    let table = OutcomeTable::build(&traces, &candidates, &[], args.thresholds);
+    let table = OutcomeTable::build(&traces, &candidates, &[], args.thresholds, args.limits);
     let items: Vec<usize> = (0..table.items()).collect();
     let result = certify(&table, &items, &args.settings)?;
     let Some(mut certificate) = Certificate::of(&result) else {
@@ -158,6 +162,7 @@ pub struct ValidateArgs {
     pub epsilons: Vec<f64>,
     pub rules: Vec<String>,
     pub thresholds: usize,
+    pub limits: Limits,
     pub splits: u64,
     pub calibration_fraction: f64,
     pub seed: u64,
@@ -166,7 +171,7 @@ pub struct ValidateArgs {
 
 pub fn validate_command(args: &ValidateArgs) -> Result<()> {
     let traces = load_traces(&args.traces)?;
-    let table = OutcomeTable::build(&traces, &candidates(&args.rules)?, &peers(), args.thresholds);
+    let table = OutcomeTable::build(&traces, &candidates(&args.rules)?, &peers(), args.thresholds, args.limits);
     let epsilons = if args.epsilons.is_empty() { vec![args.settings.epsilon] } else { args.epsilons.clone() };
     let results = epsilons
         .iter()
@@ -242,16 +247,19 @@ fn validation_table(results: &[Validation], traces: &[PathBuf]) -> String {
     out
 }
 
-/// Reads a `--rule` argument: a file (certificate or policy JSON) when the path exists,
-/// otherwise a preset name, JSON or `key = value` pairs.
+/// Files as a command line names them: relative to the working directory.
+fn command_line_files() -> Files<'static> {
+    Files::read_with(&stopwise_store::read_if_file, "")
+}
+
+/// Reads a `--rule` argument: a file (certificate or policy) when the path exists, otherwise a
+/// preset name, `never`, JSON or `key = value` pairs; model files it names are read too.
 pub fn policy_argument(rule: &str) -> Result<PolicySpec> {
-    let path = Path::new(rule);
-    let (text, source) = if path.is_file() {
-        (std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?, rule)
-    } else {
-        (rule.to_owned(), "--rule")
-    };
-    let text =
-        crate::learn::inline_model_files(&text).with_context(|| format!("{source}: not a policy or certificate"))?;
-    stopwise_core::certify::policy_from_text(&text).with_context(|| format!("{source}: not a policy or certificate"))
+    policy::load(rule, &command_line_files()).context("--rule: not a policy or certificate")
+}
+
+/// A rule family named on the command line: `budget`, or `learned:MODEL.json` (the learned
+/// stopper's scores swept over probability thresholds).
+pub fn parse_family(name: &str) -> Result<Family> {
+    Ok(Family::parse(name, &command_line_files())?)
 }

@@ -1,24 +1,26 @@
-//! `stopwise train` and `stopwise export-sft`, and loading `learned` rules from model files.
+//! `stopwise train` and `stopwise export-sft`.
 //!
 //! `train` fits the learned stopper (optionally choosing its knobs by grouped cross-validation),
 //! writes the model file, and with `--test-fraction` compares it on held-out traces with every
 //! hand rule family, the presets and the oracle. `export-sft` turns traces recorded with their
 //! reasoning text into chat-format fine-tuning examples that teach the model to answer right when
-//! stopped early. Rules name model files by path; [`inline_model_files`] splices the file into the spec,
-//! because core (where the spec lives) does no I/O.
+//! stopped early. Rules name model files by path; core's policy loader reads them (see
+//! [`stopwise_core::policy`]).
 
 use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde_json::{json, Value};
 use stopwise_core::answer;
-use stopwise_core::learned::{SharedModel, StopperModel};
-use stopwise_core::policy::{presets, PolicySpec};
-use stopwise_core::replay::{replay, Summary, Tally, TraceFacts};
+use stopwise_core::learned::SharedModel;
+use stopwise_core::policy::presets;
+use stopwise_core::replay::{replay, Limits, Summary, Tally, TraceFacts};
 use stopwise_core::rng::fnv1a;
-use stopwise_core::sweep::{Family, Sweep, SweepReport};
+use stopwise_core::rules::learned::LearnedFamily;
+use stopwise_core::rules::{Family, PolicySpec};
+use stopwise_core::sweep::{Sweep, SweepReport};
 use stopwise_core::trace::Trace;
 use stopwise_learn::search::{self, Metric, Strategy};
 use stopwise_learn::{train, Label, Loss, Schedule, TraceRows, TrainConfig};
@@ -121,50 +123,6 @@ pub struct ExportSftArgs {
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
-}
-
-/// Parses a rule as [`PolicySpec::parse`] does, first replacing the path in every
-/// `{"type":"learned","model":"file.json",...}` by the model file's contents.
-pub fn inline_model_files(text: &str) -> Result<String> {
-    if !text.trim_start().starts_with('{') {
-        return Ok(text.to_owned());
-    }
-    let mut value: Value = serde_json::from_str(text).context("the rule is not valid JSON")?;
-    splice_models(&mut value)?;
-    Ok(value.to_string())
-}
-
-fn splice_models(value: &mut Value) -> Result<()> {
-    match value {
-        Value::Object(map) => {
-            if map.get("type").and_then(Value::as_str) == Some("learned") {
-                if let Some(Value::String(path)) = map.get("model") {
-                    let model = load_model(Path::new(path))?;
-                    map.insert("model".into(), serde_json::to_value(&*model)?);
-                }
-            }
-            map.values_mut().try_for_each(splice_models)
-        }
-        Value::Array(items) => items.iter_mut().try_for_each(splice_models),
-        _ => Ok(()),
-    }
-}
-
-/// A rule family named on the command line: a hand-rule family, or `learned:MODEL.json` (the
-/// learned stopper's scores swept over probability thresholds).
-pub fn parse_family(name: &str) -> Result<Family> {
-    match name.strip_prefix("learned:") {
-        Some(path) => Ok(Family::Learned { model: load_model(Path::new(path))? }),
-        None => Family::parse(name).map_err(anyhow::Error::msg),
-    }
-}
-
-/// Reads and checks a model file.
-pub fn load_model(path: &Path) -> Result<SharedModel> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("{}: cannot read the model file", path.display()))?;
-    let model = StopperModel::from_json(&text).with_context(|| format!("{}", path.display()))?;
-    Ok(SharedModel::new(model))
 }
 
 fn read_traces(paths: &[PathBuf]) -> Result<Vec<Trace>> {
@@ -293,15 +251,15 @@ pub fn train_command(args: &TrainArgs) -> Result<()> {
 /// (1) at the threshold best on the test split itself (the frontier, as every family gets) and
 /// (2) at the threshold chosen on the training split (what one would deploy); presets; oracle.
 fn compare(training: &[&Trace], test: &[&Trace], model: SharedModel, args: &TrainArgs) -> Result<()> {
-    let mut families = Family::DEFAULTS.to_vec();
-    families.push(Family::Learned { model });
+    let mut families = Family::defaults();
+    families.push(Family::Learned(LearnedFamily { model }));
     let on_test = sweep(test, &families, args.thresholds);
     let on_training = sweep(training, &families, args.thresholds);
     let test_facts: Vec<TraceFacts> = test.iter().map(|t| TraceFacts::of(t)).collect();
     let replay_on_test = |spec: &PolicySpec| {
         let mut tally = Tally::default();
         for (t, f) in test.iter().zip(&test_facts) {
-            tally.add(f, &replay(spec, t, f));
+            tally.add(f, &replay(spec, t, f, Limits::default()));
         }
         tally.summary()
     };
@@ -386,7 +344,7 @@ fn compare(training: &[&Trace], test: &[&Trace], model: SharedModel, args: &Trai
 
 fn sweep(traces: &[&Trace], families: &[Family], thresholds: usize) -> SweepReport {
     let interval = traces.first().map_or(32, |t| t.probe.interval);
-    let mut sweep = Sweep::new(families.iter().map(|f| (f.clone(), f.grid(thresholds, interval))));
+    let mut sweep = Sweep::new(families.iter().map(|f| (f.clone(), f.grid(thresholds, interval))), Limits::default());
     for t in traces {
         sweep.add(t, &TraceFacts::of(t));
     }

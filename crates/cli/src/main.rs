@@ -16,9 +16,10 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use serde_json::json;
 use stopwise_core::answer::{self, Task};
-use stopwise_core::policy::PolicySpec;
+use stopwise_core::replay::Limits;
 use stopwise_core::replay::{replay, Tally, TraceFacts};
-use stopwise_core::sweep::{pareto_frontier, Family, Sweep, SweepReport};
+use stopwise_core::rules::{Family, PolicySpec};
+use stopwise_core::sweep::{pareto_frontier, Sweep, SweepReport};
 use stopwise_core::trace::ProbeSettings;
 use stopwise_engine::{fetch_default_model, resolve_model, LlamaConfig, LlamaEngine};
 use stopwise_store::TraceFiles;
@@ -56,6 +57,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Calibrate { certify, epsilon, out, json } => calibrate::calibrate(&calibrate::CalibrateArgs {
             settings: certify.settings(epsilon),
+            limits: certify.limits(),
             traces: certify.traces,
             rules: certify.rules,
             thresholds: certify.thresholds,
@@ -65,6 +67,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Validate { certify, epsilons, splits, calibration_fraction, seed, json } => {
             calibrate::validate_command(&calibrate::ValidateArgs {
                 settings: certify.settings(epsilons.first().copied().unwrap_or(0.01)),
+                limits: certify.limits(),
                 epsilons,
                 traces: certify.traces,
                 rules: certify.rules,
@@ -84,8 +87,8 @@ fn run(cli: Cli) -> Result<()> {
             print_rows(&rows, json)
         }
         Command::Sweep { traces, rules, thresholds, report, json } => {
-            let families = rules.iter().map(|r| learn::parse_family(r)).collect::<Result<Vec<_>>>()?;
-            let families = if families.is_empty() { Family::DEFAULTS.to_vec() } else { families };
+            let families = rules.iter().map(|r| calibrate::parse_family(r)).collect::<Result<Vec<_>>>()?;
+            let families = if families.is_empty() { Family::defaults() } else { families };
             let presets = calibrate::peers();
             let (sweep, rows) = evaluate(std::slice::from_ref(&traces), &families, thresholds, &presets)?;
             if let Some(dir) = report {
@@ -239,11 +242,14 @@ fn evaluate(
         let trace = trace?;
         let facts = TraceFacts::of(&trace);
         let sweep = sweep.get_or_insert_with(|| {
-            Sweep::new(families.iter().map(|f| (f.clone(), f.grid(thresholds, trace.probe.interval))))
+            Sweep::new(
+                families.iter().map(|f| (f.clone(), f.grid(thresholds, trace.probe.interval))),
+                Limits::default(),
+            )
         });
         sweep.add(&trace, &facts);
         for ((_, spec), tally) in named.iter().zip(&mut tallies) {
-            tally.add(&facts, &replay(spec, &trace, &facts));
+            tally.add(&facts, &replay(spec, &trace, &facts, Limits::default()));
         }
         count += 1;
     }
@@ -278,7 +284,7 @@ fn report_command(traces: &[PathBuf], certificate: Option<&Path>, thresholds: us
         let policy = calibrate::policy_argument(&path.display().to_string())?;
         named.push((policy.label(), policy));
     }
-    let (sweep, mut rows) = evaluate(traces, &Family::DEFAULTS, thresholds, &named)?;
+    let (sweep, mut rows) = evaluate(traces, &Family::defaults(), thresholds, &named)?;
     if certificate.is_some() {
         rows[named.len() - 1].group = report::CERTIFIED.into();
     }
@@ -326,7 +332,7 @@ fn demo(limit: usize, out_dir: &Path, model: Option<&Path>, json: bool) -> Resul
     eprintln!("recording {} GSM8K items with {} into {}", items.len(), model.display(), traces.display());
     record::record(&engine, &items, &settings)?;
     let presets = calibrate::peers();
-    let (sweep, rows) = evaluate(std::slice::from_ref(&traces), &Family::DEFAULTS, 16, &presets)?;
+    let (sweep, rows) = evaluate(std::slice::from_ref(&traces), &Family::defaults(), 16, &presets)?;
     let html = report::write_html(out_dir, "stopwise demo (GSM8K sample, SmolLM2-135M)", &rows, &sweep.oracle)?;
     print_rows(&rows, json)?;
     eprintln!("report: {}\nwall time: {:.0} s", html.display(), started.elapsed().as_secs_f64());

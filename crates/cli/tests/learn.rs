@@ -193,3 +193,31 @@ fn a_trained_model_is_a_family_for_sweep_and_calibrate_and_its_certificate_repla
     assert!(err.contains("/nonexistent/m.json"), "{err}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn a_policy_file_names_its_model_relative_to_itself() {
+    let dir = temp_dir("policy-file-model");
+    let traces = dir.join("t.jsonl");
+    write_traces(&traces);
+    std::fs::create_dir_all(dir.join("rules")).unwrap();
+    let model = dir.join("rules/m.json");
+    let t = traces.to_str().unwrap();
+    let (code, _, err) =
+        stopwise(&["train", "--traces", t, "--seed", "3", "--epochs", "40", "--out", model.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    // The test runs in the crate's folder: `m.json` is only found beside the policy file.
+    let policy = dir.join("rules/policy.json");
+    std::fs::write(&policy, r#"{"type":"learned","model":"m.json","threshold":0.9}"#).unwrap();
+    let (code, from_file, err) = stopwise(&["replay", "--traces", t, "--rule", policy.to_str().unwrap(), "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let inline = format!(r#"{{"type":"learned","model":"{}","threshold":0.9}}"#, model.display());
+    let (code, named_inline, err) = stopwise(&["replay", "--traces", t, "--rule", &inline, "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let rows = |out: &str| serde_json::from_str::<Value>(out).unwrap()[0]["summary"].clone();
+    assert_eq!(rows(&from_file), rows(&named_inline));
+    // `never` is a rule name as well.
+    let (code, out, err) = stopwise(&["replay", "--traces", t, "--rule", "never", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(rows(&out)["token_reduction"].as_f64(), Some(0.0));
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -31,10 +31,9 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::policy::{PolicyError, PolicySpec};
-use crate::replay::{replay, Outcome, TraceFacts};
+use crate::replay::{replay, Limits, Outcome, TraceFacts};
 use crate::rng::SplitMix64;
-use crate::sweep::Family;
+use crate::rules::{Family, PolicySpec};
 use crate::trace::Trace;
 
 /// What a stop may cost, per item.
@@ -264,7 +263,13 @@ pub struct OutcomeTable {
 impl OutcomeTable {
     /// Replays every candidate (each family over a `grid`-point threshold grid) and every peer on
     /// `traces`. The budget grid's step is the first trace's probe interval.
-    pub fn build(traces: &[Trace], candidates: &[Candidates], peers: &[(String, PolicySpec)], grid: usize) -> Self {
+    pub fn build(
+        traces: &[Trace],
+        candidates: &[Candidates],
+        peers: &[(String, PolicySpec)],
+        grid: usize,
+        limits: Limits,
+    ) -> Self {
         let facts: Vec<TraceFacts> = traces.iter().map(TraceFacts::of).collect();
         let interval = traces.first().map_or(32, |t| t.probe.interval);
         let mut table = OutcomeTable {
@@ -275,7 +280,7 @@ impl OutcomeTable {
             has_gold: facts.iter().map(|f| f.has_gold).collect(),
         };
         let replay_all = |policy: &PolicySpec| -> Vec<ItemResult> {
-            traces.iter().zip(&facts).map(|(t, f)| ItemResult::of(f, &replay(policy, t, f))).collect()
+            traces.iter().zip(&facts).map(|(t, f)| ItemResult::of(f, &replay(policy, t, f, limits))).collect()
         };
         for candidate in candidates {
             let first = table.columns.len();
@@ -284,7 +289,7 @@ impl OutcomeTable {
                     let thresholds = family.grid(grid, interval);
                     let mut results = vec![Vec::with_capacity(traces.len()); thresholds.len()];
                     for (t, f) in traces.iter().zip(&facts) {
-                        for (column, outcome) in results.iter_mut().zip(family.outcomes(t, f, &thresholds)) {
+                        for (column, outcome) in results.iter_mut().zip(family.outcomes(t, f, &thresholds, limits)) {
                             column.push(ItemResult::of(f, &outcome));
                         }
                     }
@@ -567,27 +572,6 @@ impl Certificate {
     }
 }
 
-/// Reads a policy from text that is either a certificate (JSON) or anything
-/// [`PolicySpec::parse`] accepts (a preset name, JSON, `key = value` pairs).
-pub fn policy_from_text(text: &str) -> Result<PolicySpec, PolicyError> {
-    let value: Option<serde_json::Value> = serde_json::from_str(text).ok();
-    let is_certificate =
-        value.as_ref().and_then(|v| v.get("kind")).and_then(|k| k.as_str()).is_some_and(|k| k == CERTIFICATE_KIND);
-    if !is_certificate {
-        return PolicySpec::parse(text);
-    }
-    let certificate: Certificate = serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_str(text))
-        .map_err(|e| PolicyError::Syntax(format!("certificate: {e}")))?;
-    if certificate.version != 1 {
-        return Err(PolicyError::Syntax(format!(
-            "certificate version {} is not supported (1 is)",
-            certificate.version
-        )));
-    }
-    certificate.policy.validate()?;
-    Ok(certificate.policy)
-}
-
 // ---------------------------------------------------------------------------------------------
 // Validation over random splits
 
@@ -732,6 +716,9 @@ pub fn validate(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rules::budget::{Budget, BudgetFamily};
+    use crate::rules::confidence::Confidence;
+    use crate::rules::consistency::ConsistencyFamily;
     use crate::trace::tests::sample;
 
     fn settings(epsilon: f64, delta: f64, method: Method) -> Settings {
@@ -783,7 +770,7 @@ mod tests {
             .map(|(c, &risk)| Column {
                 label: format!("c{c}"),
                 group: "g".into(),
-                policy: PolicySpec::Budget { max_tokens: (k - c) as u32 },
+                policy: Budget { max_tokens: (k - c) as u32 }.into(),
                 results: draws
                     .iter()
                     .map(|&u| ItemResult { cost: (k - c) as u64, em_loss: u < risk, disagree: u < risk })
@@ -919,9 +906,13 @@ mod tests {
             .collect();
         let table = OutcomeTable::build(
             &traces,
-            &[Candidates::Family(Family::Budget), Candidates::Family(Family::Consistency { hedge_filter: true })],
-            &[("deer".into(), PolicySpec::Confidence { threshold: 0.95, min_tokens: 0 })],
+            &[
+                Candidates::Family(Family::Budget(BudgetFamily {})),
+                Candidates::Family(Family::Consistency(ConsistencyFamily { hedge_filter: true })),
+            ],
+            &[("deer".into(), Confidence { threshold: 0.95, min_tokens: 0 }.into())],
             8,
+            Limits::default(),
         );
         assert_eq!(table.groups.len(), 2);
         assert_eq!(table.peers.len(), 1);
@@ -934,11 +925,11 @@ mod tests {
             (&back.policy, &back.label, back.n, back.candidates.len()),
             (&certificate.policy, &certificate.label, certificate.n, certificate.candidates.len())
         );
-        assert_eq!(policy_from_text(&text).unwrap(), certificate.policy);
-        assert_eq!(policy_from_text("dynasor-cot").unwrap(), PolicySpec::parse("dynasor-cot").unwrap());
+        assert_eq!(PolicySpec::parse(&text).unwrap(), certificate.policy);
+        assert_eq!(PolicySpec::parse("dynasor-cot").unwrap(), PolicySpec::parse("dynasor-cot").unwrap());
         let broken = text.replace("\"version\":1", "\"version\":7");
-        assert!(policy_from_text(&broken).unwrap_err().to_string().contains("version 7"));
+        assert!(PolicySpec::parse(&broken).unwrap_err().to_string().contains("version 7"));
         let missing = text.replace("\"policy\"", "\"polcy\"");
-        assert!(policy_from_text(&missing).is_err());
+        assert!(PolicySpec::parse(&missing).is_err());
     }
 }

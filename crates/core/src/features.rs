@@ -13,7 +13,7 @@
 use std::collections::HashSet;
 
 use crate::answer::{self, Task};
-use crate::policy::{consistency_key, next_run, LogprobWindow};
+use crate::rules::signals::{consistency_key, next_run, LogprobMean};
 use crate::trace::{Checkpoint, Trace};
 
 /// Version of the feature schema below; stored in every model file.
@@ -91,7 +91,7 @@ pub struct FeatureState {
     previous_answer: Option<String>,
     max_mean_prob: f64,
     previous_mean_prob: Option<f64>,
-    window: LogprobWindow,
+    window: LogprobMean,
     last_tokens: u32,
     logprob_sum: f64,
     entropy_sum: f64,
@@ -111,7 +111,7 @@ impl FeatureState {
             previous_answer: None,
             max_mean_prob: 0.0,
             previous_mean_prob: None,
-            window: LogprobWindow::new(WINDOW_TOKENS),
+            window: LogprobMean::new(WINDOW_TOKENS),
             last_tokens: 0,
             logprob_sum: 0.0,
             entropy_sum: 0.0,

@@ -1,11 +1,12 @@
 //! The learned stopper's model: a small dense network over the [`crate::features`] vector that
 //! scores "stopping here keeps the answer" as a probability.
 //!
-//! The model travels *inside* the policy: `PolicySpec::Learned { model, threshold }` embeds the
+//! The model travels *inside* the policy: the `learned` rule ([`crate::rules::learned`]) embeds the
 //! whole [`StopperModel`] (a few hundred numbers), shared through an `Arc` so that sweeping a
 //! thousand thresholds does not copy it. Why inline rather than a path: core stays free of I/O
-//! (the CLI or server reads the file and splices it into the spec before parsing), and a spec or
-//! certificate written out is self-contained, so what was certified is exactly what runs.
+//! (the policy loader, [`crate::policy`], reads a named model file through its caller and embeds
+//! it before the spec is read), and a spec or certificate written out is self-contained, so what
+//! was certified is exactly what runs.
 //!
 //! Weights are stored as `f32` (they survive a JSON round trip bit for bit) and evaluated in
 //! `f64`, so a model scores the same before and after it is saved.

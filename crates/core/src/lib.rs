@@ -14,6 +14,7 @@ pub mod learned;
 pub mod policy;
 pub mod replay;
 pub mod rng;
+pub mod rules;
 pub mod sweep;
 pub mod trace;
 

@@ -1,283 +1,240 @@
-//! Stop rules: one serde [`PolicySpec`] describes any rule; [`PolicySpec::start`] turns it into a
-//! per-request state machine ([`Rule`]) that is fed each [`Checkpoint`] and answers a [`Decision`].
+//! Reading policies: the one loader behind `--rule`, `--policy`, serve's configuration and the
+//! policies clients send with a request.
 //!
-//! The same state machine runs online (the server feeds it probes as they arrive) and in replay
-//! (fed the recorded checkpoints), so the two cannot disagree.
+//! A policy is named by a preset, `never`, JSON, a `key = value` list, a certificate written by
+//! `stopwise calibrate` or a file holding any of these; a `learned` rule may name its model file
+//! (`"model": "stopper.json"`), which is read and embedded before the spec is. Core does no I/O:
+//! the caller passes [`Files`], its way of reading files, or [`Files::none`] where no file may be
+//! named (a request: only the operator decides what the server reads). Paths resolve against the
+//! folder of the file that names them, or the caller's base (a config file's folder, the working
+//! directory of a command line).
 
-use std::collections::VecDeque;
+use std::io;
+use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
-use crate::answer::{self, Task};
-use crate::features::{FeatureState, RequestInfo};
-use crate::learned::SharedModel;
-use crate::trace::Checkpoint;
-
-/// Every stop rule, as written in TOML or JSON (`type = "consistency"`, ...).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
-pub enum PolicySpec {
-    /// Static budget: stop (and force the answer) once `max_tokens` tokens were generated.
-    Budget { max_tokens: u32 },
-    /// Dynasor-CoT: stop when the last `window` probed answers are equal and non-empty.
-    Consistency {
-        window: u32,
-        #[serde(default)]
-        min_tokens: u32,
-        /// Discard probes whose text hedges ("wait", "hmm", ...), as Dynasor-CoT does.
-        #[serde(default)]
-        hedge_filter: bool,
-    },
-    /// DEER: stop when the probe's mean token probability reaches `threshold`.
-    Confidence {
-        threshold: f32,
-        #[serde(default)]
-        min_tokens: u32,
-    },
-    /// DeepConf-style: stop when the mean log-probability of the last `window` generated tokens
-    /// reaches `threshold` (a confident stretch of reasoning).
-    LogprobWindow {
-        window: u32,
-        threshold: f32,
-        #[serde(default)]
-        min_tokens: u32,
-    },
-    /// A trained stopper (`stopwise train`): stop when its score of the checkpoint's features
-    /// reaches `threshold`. The model is embedded (see [`crate::learned`] for why).
-    Learned { model: SharedModel, threshold: f32 },
-    /// Static floor and cap around a dynamic rule: never stop before `floor` tokens, always stop
-    /// at `cap` tokens, otherwise as `rule` says.
-    Hybrid { floor: u32, cap: u32, rule: Box<PolicySpec> },
-    /// Stop as soon as any of the rules says stop.
-    Any { rules: Vec<PolicySpec> },
-    /// Stop only when every rule says stop at the same checkpoint.
-    All { rules: Vec<PolicySpec> },
-    /// Never stop early (full runs; also how a client disables stopping).
-    Never,
-}
-
-/// What a rule says after a checkpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decision {
-    Continue,
-    /// Stop now and answer with this checkpoint's probed answer.
-    Stop,
-}
+use crate::certify::{Certificate, CERTIFICATE_KIND};
+use crate::learned::{SharedModel, StopperModel};
+use crate::rules::confidence::Confidence;
+use crate::rules::consistency::Consistency;
+use crate::rules::logprob_window::LogprobWindow;
+use crate::rules::PolicySpec;
 
 /// Published presets, by name: `(name, spec, where it comes from)`.
 pub fn presets() -> Vec<(&'static str, PolicySpec, &'static str)> {
-    let consistency = |window| PolicySpec::Consistency { window, min_tokens: 0, hedge_filter: true };
+    let consistency = |window| Consistency { window, min_tokens: 0, hedge_filter: true }.into();
+    let window = |threshold| LogprobWindow { window: 128, threshold, min_tokens: 0 }.into();
     vec![
         ("dynasor-cot", consistency(2), "Dynasor-CoT: probe every 32 tokens, stop after 2 equal confident answers"),
         ("dynasor-cot-w3", consistency(3), "Dynasor-CoT, milder: 3 equal answers in a row"),
         ("dynasor-cot-w4", consistency(4), "Dynasor-CoT, mildest: 4 equal answers in a row"),
-        (
-            "deer",
-            PolicySpec::Confidence { threshold: 0.95, min_tokens: 0 },
-            "DEER: trial answer mean probability >= 0.95",
-        ),
+        ("deer", Confidence { threshold: 0.95, min_tokens: 0 }.into(), "DEER: trial answer mean probability >= 0.95"),
         (
             "deepconf-low",
-            PolicySpec::LogprobWindow { window: 128, threshold: -0.35, min_tokens: 0 },
+            window(-0.35),
             "DeepConf-low adapted to stopping: aggressive, 128-token window mean log-prob >= -0.35",
         ),
         (
             "deepconf-high",
-            PolicySpec::LogprobWindow { window: 128, threshold: -0.15, min_tokens: 0 },
+            window(-0.15),
             "DeepConf-high adapted to stopping: conservative, 128-token window mean log-prob >= -0.15",
         ),
     ]
 }
 
+/// ` (did you mean `x`?)` after a misspelt name, or nothing when no known name is close.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Suggestion(Option<String>);
+
+impl Suggestion {
+    /// The known name closest to `name` by edit distance, if it is close enough to be a typo
+    /// (at most a third of its letters, at least 2, changed).
+    pub fn closest(name: &str, known: &[&str]) -> Self {
+        let limit = (name.chars().count() / 3).max(2);
+        let best = known.iter().map(|k| (strsim::levenshtein(name, k), *k)).filter(|(d, _)| *d <= limit).min();
+        Suggestion(best.map(|(_, k)| k.to_owned()))
+    }
+}
+
+impl std::fmt::Display for Suggestion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Some(name) => write!(f, " (did you mean `{name}`?)"),
+            None => Ok(()),
+        }
+    }
+}
+
 /// Why a policy could not be read.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum PolicyError {
-    #[error("unknown preset `{name}`; presets are: {known}")]
-    UnknownPreset { name: String, known: String },
+    #[error("unknown preset `{name}`{suggestion}; presets are: {known} (and `never`, which switches stopping off)")]
+    UnknownPreset { name: String, known: String, suggestion: Suggestion },
     #[error("policy is not valid JSON or TOML: {0}")]
     Syntax(String),
     #[error("field `{field}`: {why}")]
     Invalid { field: String, why: String },
+    #[error("unknown rule family `{name}`{suggestion}; families are: {known}")]
+    UnknownFamily { name: String, known: String, suggestion: Suggestion },
+    #[error("the `{name}` family needs an argument: name it `{name}:{example}`")]
+    FamilyArgument { name: &'static str, example: &'static str },
+    #[error("{path}: {why}")]
+    File { path: String, why: String },
+    #[error("{path}: {source}")]
+    InFile { path: String, source: Box<PolicyError> },
+    #[error("the policy names the file `{path}`, but a policy sent with a request may not name files (only the server's configuration can)")]
+    FileRefused { path: String },
+}
+
+/// Reads the file at a path: `Ok(None)` when there is none (the text is then no path).
+pub type ReadFile = dyn Fn(&Path) -> io::Result<Option<String>>;
+
+/// How a policy may read the files it names.
+#[derive(Clone)]
+pub struct Files<'a> {
+    read: Option<&'a ReadFile>,
+    /// What relative paths are relative to.
+    base: PathBuf,
+}
+
+impl<'a> Files<'a> {
+    /// No file may be named: the policy's text is all there is.
+    pub fn none() -> Files<'static> {
+        Files { read: None, base: PathBuf::new() }
+    }
+
+    /// Files read with `read`, relative paths resolved against `base`.
+    pub fn read_with(read: &'a ReadFile, base: impl Into<PathBuf>) -> Files<'a> {
+        Files { read: Some(read), base: base.into() }
+    }
+
+    /// The same access, relative to the folder holding `file`.
+    fn beside(&self, file: &Path) -> Files<'a> {
+        Files { read: self.read, base: file.parent().map(Path::to_path_buf).unwrap_or_default() }
+    }
+
+    /// The text of the file at `path` (resolved), or `None` when there is none.
+    fn read(&self, path: &Path) -> Result<Option<(PathBuf, String)>, PolicyError> {
+        let Some(read) = self.read else {
+            return Err(PolicyError::FileRefused { path: path.display().to_string() });
+        };
+        let path = self.base.join(path);
+        match read(&path) {
+            Ok(text) => Ok(text.map(|text| (path, text))),
+            Err(e) => Err(PolicyError::File { path: path.display().to_string(), why: e.to_string() }),
+        }
+    }
+
+    /// The stopper model in the file at `path`.
+    pub fn model(&self, path: &Path) -> Result<SharedModel, PolicyError> {
+        let (path, text) = self.read(path)?.ok_or_else(|| no_such_file(&self.base.join(path)))?;
+        StopperModel::from_json(&text)
+            .map(SharedModel::new)
+            .map_err(|e| PolicyError::File { path: path.display().to_string(), why: e.to_string() })
+    }
+}
+
+fn no_such_file(path: &Path) -> PolicyError {
+    PolicyError::File { path: path.display().to_string(), why: "no such file".into() }
 }
 
 impl PolicySpec {
-    /// Reads a preset name, a JSON object or a TOML table.
+    /// Reads a policy given inline (a preset name, `never`, JSON, a `key = value` list or a
+    /// certificate) that may not name files; see [`load`].
     pub fn parse(text: &str) -> Result<Self, PolicyError> {
-        let text = text.trim();
-        let spec: PolicySpec = if text.starts_with('{') {
-            let de = &mut serde_json::Deserializer::from_str(text);
-            serde_path_to_error::deserialize(de).map_err(|e| PolicyError::Syntax(e.to_string()))?
-        } else if text.contains('=') {
-            toml_like(text)?
-        } else {
-            return presets().into_iter().find(|(name, _, _)| *name == text).map(|(_, spec, _)| spec).ok_or_else(
-                || PolicyError::UnknownPreset {
-                    name: text.to_owned(),
-                    known: presets().iter().map(|p| p.0).collect::<Vec<_>>().join(", "),
-                },
-            );
-        };
-        spec.validate()?;
-        Ok(spec)
-    }
-
-    /// Checks ranges serde cannot.
-    pub fn validate(&self) -> Result<(), PolicyError> {
-        let invalid = |field: &str, why: &str| Err(PolicyError::Invalid { field: field.into(), why: why.into() });
-        match self {
-            PolicySpec::Budget { max_tokens: 0 } => invalid("max_tokens", "must be at least 1"),
-            PolicySpec::Consistency { window: 0, .. } => invalid("window", "must be at least 1"),
-            PolicySpec::Confidence { threshold, .. } if !(0.0..=1.0).contains(threshold) => {
-                invalid("threshold", "must be a probability in [0, 1]")
-            }
-            PolicySpec::LogprobWindow { window: 0, .. } => invalid("window", "must be at least 1 token"),
-            PolicySpec::LogprobWindow { threshold, .. } if threshold.is_nan() || *threshold > 0.0 => {
-                invalid("threshold", "must be a log-probability (<= 0)")
-            }
-            PolicySpec::Learned { threshold, .. } if !(0.0..=1.0).contains(threshold) => {
-                invalid("threshold", "must be a probability in [0, 1]")
-            }
-            PolicySpec::Learned { model, .. } => {
-                model.check().map_err(|e| PolicyError::Invalid { field: "model".into(), why: e.to_string() })
-            }
-            PolicySpec::Hybrid { floor, cap, rule } => {
-                if floor > cap {
-                    return invalid("floor", "must not exceed cap");
-                }
-                rule.validate()
-            }
-            PolicySpec::Any { rules } | PolicySpec::All { rules } => {
-                if rules.is_empty() {
-                    return invalid("rules", "must name at least one rule");
-                }
-                rules.iter().try_for_each(PolicySpec::validate)
-            }
-            _ => Ok(()),
-        }
-    }
-
-    /// A fingerprint of the exact setting (16 hex digits of FNV-1a over its JSON): equal
-    /// policies share it, any change of rule or threshold changes it. Served responses and
-    /// metrics carry it so that a measured outcome can be traced to the setting that caused it.
-    pub fn version(&self) -> String {
-        let json = serde_json::to_vec(self).unwrap_or_default();
-        format!("{:016x}", crate::rng::fnv1a(json))
-    }
-
-    /// Whether the rule reads the log-probabilities of generated tokens (a log-prob window, or a
-    /// learned stopper's features): an upstream must stream them, or the rule never fires.
-    pub fn reads_token_logprobs(&self) -> bool {
-        match self {
-            PolicySpec::LogprobWindow { .. } | PolicySpec::Learned { .. } => true,
-            PolicySpec::Hybrid { rule, .. } => rule.reads_token_logprobs(),
-            PolicySpec::Any { rules } | PolicySpec::All { rules } => rules.iter().any(PolicySpec::reads_token_logprobs),
-            _ => false,
-        }
-    }
-
-    /// Whether the rule reads the probability of the probed answer's tokens (DEER's confidence, or
-    /// a learned stopper's features): probe answers must carry log-probs.
-    pub fn reads_probe_confidence(&self) -> bool {
-        match self {
-            PolicySpec::Confidence { .. } | PolicySpec::Learned { .. } => true,
-            PolicySpec::Hybrid { rule, .. } => rule.reads_probe_confidence(),
-            PolicySpec::Any { rules } | PolicySpec::All { rules } => {
-                rules.iter().any(PolicySpec::reads_probe_confidence)
-            }
-            _ => false,
-        }
-    }
-
-    /// A short human label, e.g. `consistency(window=2)`.
-    pub fn label(&self) -> String {
-        match self {
-            PolicySpec::Budget { max_tokens } => format!("budget({max_tokens})"),
-            PolicySpec::Consistency { window, min_tokens, hedge_filter } => {
-                format!(
-                    "consistency(window={window}{}{})",
-                    min_opt(*min_tokens),
-                    if *hedge_filter { ",hedge" } else { "" }
-                )
-            }
-            PolicySpec::Confidence { threshold, min_tokens } => {
-                format!("confidence({threshold}{})", min_opt(*min_tokens))
-            }
-            PolicySpec::LogprobWindow { window, threshold, min_tokens } => {
-                format!("logprob_window({window},{threshold}{})", min_opt(*min_tokens))
-            }
-            PolicySpec::Learned { model, threshold } => format!("learned({},{threshold})", model.id),
-            PolicySpec::Hybrid { floor, cap, rule } => format!("hybrid({floor},{cap},{})", rule.label()),
-            PolicySpec::Any { rules } => {
-                format!("any({})", rules.iter().map(PolicySpec::label).collect::<Vec<_>>().join(","))
-            }
-            PolicySpec::All { rules } => {
-                format!("all({})", rules.iter().map(PolicySpec::label).collect::<Vec<_>>().join(","))
-            }
-            PolicySpec::Never => "never".into(),
-        }
-    }
-
-    /// A fresh per-request state machine for a request known only by its task. A `learned` rule
-    /// then sees zeros for the question length and prompt size; prefer [`Self::start_request`].
-    pub fn start(&self, task: Task) -> Rule {
-        self.start_request(RequestInfo::task_only(task))
-    }
-
-    /// A fresh per-request state machine for this policy.
-    pub fn start_request(&self, request: RequestInfo) -> Rule {
-        let task = request.task;
-        let state = match self {
-            PolicySpec::Budget { max_tokens } => State::Budget { max_tokens: *max_tokens },
-            PolicySpec::Consistency { window, min_tokens, hedge_filter } => State::Consistency {
-                window: *window,
-                min_tokens: *min_tokens,
-                hedge_filter: *hedge_filter,
-                last: None,
-                run: 0,
-            },
-            PolicySpec::Confidence { threshold, min_tokens } => {
-                State::Confidence { threshold: *threshold, min_tokens: *min_tokens }
-            }
-            PolicySpec::LogprobWindow { window, threshold, min_tokens } => State::LogprobWindow {
-                window: LogprobWindow::new(*window),
-                threshold: *threshold,
-                min_tokens: *min_tokens,
-                ready: false,
-            },
-            PolicySpec::Learned { model, threshold } => State::Learned {
-                features: Box::new(FeatureState::new(request)),
-                model: model.clone(),
-                threshold: *threshold,
-            },
-            PolicySpec::Hybrid { floor, cap, rule } => {
-                State::Hybrid { floor: *floor, cap: *cap, inner: Box::new(rule.start_request(request)) }
-            }
-            PolicySpec::Any { rules } => State::Any(rules.iter().map(|r| r.start_request(request)).collect()),
-            PolicySpec::All { rules } => State::All(rules.iter().map(|r| r.start_request(request)).collect()),
-            PolicySpec::Never => State::Never,
-        };
-        Rule { task, state }
+        load(text, &Files::none())
     }
 }
 
-fn min_opt(min_tokens: u32) -> String {
-    if min_tokens == 0 {
-        String::new()
+/// Reads a policy: a file when `text` names one `files` can read, otherwise the policy itself.
+pub fn load(text: &str, files: &Files) -> Result<PolicySpec, PolicyError> {
+    let text = text.trim();
+    // JSON is never a path; without file access nothing is.
+    let file = if text.starts_with('{') || files.read.is_none() { None } else { files.read(Path::new(text))? };
+    match file {
+        Some((path, content)) => load_read_file(&path, &content, files),
+        None => load_text(text, files),
+    }
+}
+
+/// Reads a policy from the file at `path`, which must exist.
+pub fn load_file(path: &Path, files: &Files) -> Result<PolicySpec, PolicyError> {
+    let (path, content) = files.read(path)?.ok_or_else(|| no_such_file(&files.base.join(path)))?;
+    load_read_file(&path, &content, files)
+}
+
+/// The policy in a file read from `path`: paths in it are relative to its folder, errors name it.
+fn load_read_file(path: &Path, content: &str, files: &Files) -> Result<PolicySpec, PolicyError> {
+    load_text(content, &files.beside(path))
+        .map_err(|e| PolicyError::InFile { path: path.display().to_string(), source: Box::new(e) })
+}
+
+/// Reads a policy given as a value (a TOML table or JSON object): a spec or a certificate.
+pub fn load_value(mut value: Value, files: &Files) -> Result<PolicySpec, PolicyError> {
+    let is_certificate = value.get("kind").and_then(Value::as_str) == Some(CERTIFICATE_KIND);
+    embed_models(&mut value, files)?;
+    let spec = if is_certificate {
+        let certificate: Certificate =
+            serde_path_to_error::deserialize(value).map_err(|e| PolicyError::Syntax(format!("certificate: {e}")))?;
+        if certificate.version != 1 {
+            return Err(PolicyError::Syntax(format!(
+                "certificate version {} is not supported (1 is)",
+                certificate.version
+            )));
+        }
+        certificate.policy
     } else {
-        format!(",min={min_tokens}")
+        serde_path_to_error::deserialize(value).map_err(|e| PolicyError::Syntax(e.to_string()))?
+    };
+    spec.validate()?;
+    Ok(spec)
+}
+
+fn load_text(text: &str, files: &Files) -> Result<PolicySpec, PolicyError> {
+    let text = text.trim();
+    if text.starts_with('{') {
+        let value = serde_json::from_str(text).map_err(|e| PolicyError::Syntax(e.to_string()))?;
+        load_value(value, files)
+    } else if text.contains('=') {
+        load_value(toml_to_json(text)?, files)
+    } else if text == "never" {
+        // Not a preset (presets are published settings), but as short to name.
+        Ok(PolicySpec::NEVER)
+    } else {
+        presets().into_iter().find(|(name, _, _)| *name == text).map(|(_, spec, _)| spec).ok_or_else(|| {
+            let names: Vec<&str> = presets().iter().map(|p| p.0).chain(["never"]).collect();
+            PolicyError::UnknownPreset {
+                name: text.to_owned(),
+                known: names[..names.len() - 1].join(", "),
+                suggestion: Suggestion::closest(text, &names),
+            }
+        })
     }
 }
 
-/// TOML is read through its JSON-compatible value model so that both syntaxes share one schema.
-fn toml_like(text: &str) -> Result<PolicySpec, PolicyError> {
-    let value: serde_json::Value = toml_to_json(text)?;
-    serde_path_to_error::deserialize(value).map_err(|e| PolicyError::Syntax(e.to_string()))
+/// Replaces the path in every `{"type": "learned", "model": "file.json", ...}` by the model.
+fn embed_models(value: &mut Value, files: &Files) -> Result<(), PolicyError> {
+    match value {
+        Value::Object(map) => {
+            if map.get("type").and_then(Value::as_str) == Some("learned") {
+                if let Some(Value::String(path)) = map.get("model") {
+                    let model = files.model(Path::new(path))?;
+                    let model = serde_json::to_value(&model).map_err(|e| PolicyError::Syntax(e.to_string()))?;
+                    map.insert("model".into(), model);
+                }
+            }
+            map.values_mut().try_for_each(|v| embed_models(v, files))
+        }
+        Value::Array(items) => items.iter_mut().try_for_each(|v| embed_models(v, files)),
+        _ => Ok(()),
+    }
 }
 
-fn toml_to_json(text: &str) -> Result<serde_json::Value, PolicyError> {
-    // The core crate stays free of a TOML dependency: callers that read TOML files deserialize
-    // `PolicySpec` directly with their TOML library. Here only the inline `key = value` form used
-    // on a command line is accepted: `type = "budget", max_tokens = 256`.
+/// The inline `key = value` form used on a command line: `type = "budget", max_tokens = 256`.
+/// Core stays free of a TOML dependency: callers that read TOML files pass its tables to
+/// [`load_value`].
+fn toml_to_json(text: &str) -> Result<Value, PolicyError> {
     let mut map = serde_json::Map::new();
     for part in text.split([',', '\n']).map(str::trim).filter(|p| !p.is_empty()) {
         let (key, value) = part
@@ -289,336 +246,33 @@ fn toml_to_json(text: &str) -> Result<serde_json::Value, PolicyError> {
         })?;
         map.insert(key.trim().to_owned(), json);
     }
-    Ok(serde_json::Value::Object(map))
-}
-
-/// Per-request state of a stop rule.
-#[derive(Debug, Clone)]
-pub struct Rule {
-    task: Task,
-    state: State,
-}
-
-#[derive(Debug, Clone)]
-enum State {
-    Budget { max_tokens: u32 },
-    Consistency { window: u32, min_tokens: u32, hedge_filter: bool, last: Option<String>, run: u32 },
-    Confidence { threshold: f32, min_tokens: u32 },
-    LogprobWindow { window: LogprobWindow, threshold: f32, min_tokens: u32, ready: bool },
-    Learned { features: Box<FeatureState>, model: SharedModel, threshold: f32 },
-    Hybrid { floor: u32, cap: u32, inner: Box<Rule> },
-    Any(Vec<Rule>),
-    All(Vec<Rule>),
-    Never,
-}
-
-impl Rule {
-    /// Feeds the next checkpoint (in order, probe fields filled) and says whether to stop there:
-    /// [`Self::needs_probe`] then [`Self::decide`], as replay runs it.
-    pub fn observe(&mut self, checkpoint: &Checkpoint) -> Decision {
-        self.needs_probe(checkpoint);
-        self.decide(checkpoint)
-    }
-
-    /// Step one at a checkpoint, before any probe: feeds what generation alone tells (tokens so
-    /// far, the segment's log-probs) and says whether the probe's answer can matter here. A
-    /// budget needs it only at its limit, a log-prob rule only once its window is confident
-    /// enough, a consistency or learned rule at every checkpoint (the run of answers is its
-    /// signal), a confidence rule from its `min_tokens` on. Online, probe only when this is true;
-    /// [`Self::decide`] never stops at a checkpoint where it was false.
-    pub fn needs_probe(&mut self, checkpoint: &Checkpoint) -> bool {
-        match &mut self.state {
-            State::Budget { max_tokens } => checkpoint.tokens >= *max_tokens,
-            State::Consistency { .. } | State::Learned { .. } => true,
-            State::Confidence { min_tokens, .. } => checkpoint.tokens >= *min_tokens,
-            State::LogprobWindow { window, threshold, min_tokens, ready } => {
-                let mean = window.push(checkpoint);
-                *ready = checkpoint.tokens >= *min_tokens && mean >= f64::from(*threshold);
-                *ready
-            }
-            State::Hybrid { floor, cap, inner } => {
-                // Below the floor only a rule that learns from earlier answers needs them.
-                let learns_from_history = inner.learns_from_answer_history();
-                let inner_needs = inner.needs_probe(checkpoint);
-                checkpoint.tokens >= *cap || (inner_needs && (learns_from_history || checkpoint.tokens >= *floor))
-            }
-            // Every member sees every checkpoint, so each one's state stays current.
-            State::Any(rules) | State::All(rules) => {
-                rules.iter_mut().fold(false, |needs, r| r.needs_probe(checkpoint) | needs)
-            }
-            State::Never => false,
-        }
-    }
-
-    /// Step two: decides with the probed checkpoint, after [`Self::needs_probe`] on the same one.
-    /// Where no probe was needed the probe fields may be empty; the decision is then `Continue`.
-    pub fn decide(&mut self, checkpoint: &Checkpoint) -> Decision {
-        let stop = match &mut self.state {
-            State::Budget { max_tokens } => checkpoint.tokens >= *max_tokens,
-            State::Consistency { window, min_tokens, hedge_filter, last, run } => {
-                let answer = consistency_key(self.task, checkpoint, *hedge_filter);
-                *run = next_run(last.as_deref(), answer.as_deref(), *run);
-                *last = answer;
-                checkpoint.tokens >= *min_tokens && *run >= *window
-            }
-            State::Confidence { threshold, min_tokens } => {
-                checkpoint.tokens >= *min_tokens && confidence_score(checkpoint) >= *threshold
-            }
-            State::LogprobWindow { ready, .. } => *ready && !checkpoint.answer.is_empty(),
-            State::Learned { features, model, threshold } => {
-                learned_score(model, &features.push(checkpoint), checkpoint) >= f64::from(*threshold)
-            }
-            State::Hybrid { floor, cap, inner } => {
-                // The inner rule sees every checkpoint, so its state (e.g. a run of equal answers)
-                // is built up before the floor is reached.
-                let inner_stops = inner.decide(checkpoint) == Decision::Stop;
-                checkpoint.tokens >= *cap || (checkpoint.tokens >= *floor && inner_stops)
-            }
-            State::Any(rules) => rules.iter_mut().fold(false, |any, r| (r.decide(checkpoint) == Decision::Stop) | any),
-            State::All(rules) => rules.iter_mut().fold(true, |all, r| (r.decide(checkpoint) == Decision::Stop) & all),
-            State::Never => false,
-        };
-        if stop {
-            Decision::Stop
-        } else {
-            Decision::Continue
-        }
-    }
-
-    /// Whether the rule's decision depends on answers probed at earlier checkpoints.
-    fn learns_from_answer_history(&self) -> bool {
-        match &self.state {
-            State::Consistency { .. } | State::Learned { .. } => true,
-            State::Hybrid { inner, .. } => inner.learns_from_answer_history(),
-            State::Any(rules) | State::All(rules) => rules.iter().any(Rule::learns_from_answer_history),
-            State::Budget { .. } | State::Confidence { .. } | State::LogprobWindow { .. } | State::Never => false,
-        }
-    }
-}
-
-/// The answer a consistency rule compares: normalised, `None` when empty or hedged.
-pub fn consistency_key(task: Task, checkpoint: &Checkpoint, hedge_filter: bool) -> Option<String> {
-    if hedge_filter && answer::is_hedging(&checkpoint.probe_text) {
-        return None;
-    }
-    Some(answer::normalize(task, &checkpoint.answer)).filter(|a| !a.is_empty())
-}
-
-/// Length of the run of equal answers ending at the current one.
-pub fn next_run(previous: Option<&str>, current: Option<&str>, run: u32) -> u32 {
-    match (previous, current) {
-        (_, None) => 0,
-        (Some(p), Some(c)) if p == c => run + 1,
-        (_, Some(_)) => 1,
-    }
-}
-
-/// DEER's score: the trial answer's mean token probability; an empty answer never qualifies.
-pub fn confidence_score(checkpoint: &Checkpoint) -> f32 {
-    if checkpoint.answer.is_empty() {
-        f32::NEG_INFINITY
-    } else {
-        checkpoint.mean_prob
-    }
-}
-
-/// The learned rule's score of a checkpoint; an empty answer never qualifies.
-pub fn learned_score(model: &SharedModel, features: &crate::features::Features, checkpoint: &Checkpoint) -> f64 {
-    if checkpoint.answer.is_empty() {
-        f64::NEG_INFINITY
-    } else {
-        model.score(features)
-    }
-}
-
-/// Mean log-probability over (about) the last `window` generated tokens, from per-segment means.
-///
-/// Checkpoints carry the mean log-prob of the tokens since the previous checkpoint; the window
-/// keeps whole segments, the oldest partly weighted, so any window can be replayed from a trace.
-#[derive(Debug, Clone)]
-pub struct LogprobWindow {
-    window: u32,
-    /// (tokens in the segment, mean log-prob of the segment)
-    segments: VecDeque<(u32, f64)>,
-    last_tokens: u32,
-}
-
-impl LogprobWindow {
-    pub fn new(window: u32) -> Self {
-        LogprobWindow { window: window.max(1), segments: VecDeque::new(), last_tokens: 0 }
-    }
-
-    /// Adds the checkpoint's segment and returns the window's mean log-probability.
-    pub fn push(&mut self, checkpoint: &Checkpoint) -> f64 {
-        let length = checkpoint.tokens.saturating_sub(self.last_tokens);
-        self.last_tokens = checkpoint.tokens;
-        self.segments.push_back((length, f64::from(checkpoint.segment_logprob)));
-        let mut covered = 0u32;
-        let mut sum = 0.0;
-        let mut keep = 0;
-        for &(len, mean) in self.segments.iter().rev() {
-            let take = len.min(self.window - covered);
-            sum += mean * f64::from(take);
-            covered += take;
-            keep += 1;
-            if covered == self.window {
-                break;
-            }
-        }
-        while self.segments.len() > keep {
-            self.segments.pop_front();
-        }
-        if covered == 0 {
-            f64::NEG_INFINITY
-        } else {
-            sum / f64::from(covered)
-        }
-    }
+    Ok(Value::Object(map))
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
     use super::*;
-
-    #[test]
-    fn rules_say_which_log_probs_they_read() {
-        let window = PolicySpec::parse("deepconf-high").unwrap();
-        let deer = PolicySpec::parse("deer").unwrap();
-        let budget = PolicySpec::Budget { max_tokens: 8 };
-        assert!(window.reads_token_logprobs() && !window.reads_probe_confidence());
-        assert!(!deer.reads_token_logprobs() && deer.reads_probe_confidence());
-        assert!(!budget.reads_token_logprobs() && !budget.reads_probe_confidence());
-        let hybrid = PolicySpec::Hybrid { floor: 0, cap: 10, rule: Box::new(window.clone()) };
-        assert!(hybrid.reads_token_logprobs());
-        assert!(PolicySpec::Any { rules: vec![budget, deer] }.reads_probe_confidence());
-    }
-
-    #[test]
-    fn version_tells_settings_apart() {
-        let a = PolicySpec::Confidence { threshold: 0.9, min_tokens: 0 };
-        assert_eq!(a.version(), a.clone().version());
-        assert_eq!(a.version().len(), 16);
-        assert_ne!(a.version(), PolicySpec::Confidence { threshold: 0.91, min_tokens: 0 }.version());
-        assert_ne!(a.version(), PolicySpec::Budget { max_tokens: 64 }.version());
-    }
-
-    fn cp(tokens: u32, answer: &str, mean_prob: f32, logprob: f32) -> Checkpoint {
-        Checkpoint {
-            tokens,
-            answer: answer.into(),
-            probe_text: answer.into(),
-            answer_tokens: 2,
-            mean_prob,
-            min_prob: mean_prob,
-            segment_logprob: logprob,
-            segment_entropy: 1.0,
-        }
-    }
-
-    fn decisions(spec: &PolicySpec, cps: &[Checkpoint]) -> Vec<Decision> {
-        let mut rule = spec.start(Task::Numeric);
-        cps.iter().map(|c| rule.observe(c)).collect()
-    }
-
-    fn first_stop(spec: &PolicySpec, cps: &[Checkpoint]) -> Option<usize> {
-        decisions(spec, cps).iter().position(|d| *d == Decision::Stop)
-    }
-
-    fn run_of(answers: &[&str]) -> Vec<Checkpoint> {
-        answers.iter().enumerate().map(|(i, a)| cp(32 * (i as u32 + 1), a, 0.5, -1.0)).collect()
-    }
-
-    #[test]
-    fn budget_stops_at_the_first_checkpoint_reaching_it() {
-        let cps = run_of(&["1", "2", "3", "4"]);
-        assert_eq!(first_stop(&PolicySpec::Budget { max_tokens: 64 }, &cps), Some(1));
-        assert_eq!(first_stop(&PolicySpec::Budget { max_tokens: 65 }, &cps), Some(2));
-        assert_eq!(first_stop(&PolicySpec::Budget { max_tokens: 1000 }, &cps), None);
-    }
-
-    #[test]
-    fn consistency_needs_window_equal_non_empty_answers() {
-        let spec = |window| PolicySpec::Consistency { window, min_tokens: 0, hedge_filter: false };
-        let cps = run_of(&["5", "", "", "7", "7", "7"]);
-        assert_eq!(first_stop(&spec(1), &cps), Some(0));
-        assert_eq!(first_stop(&spec(2), &cps), Some(4), "empty answers never agree");
-        assert_eq!(first_stop(&spec(3), &cps), Some(5));
-        assert_eq!(first_stop(&spec(4), &cps), None);
-        // Numerically equal answers agree after normalisation.
-        let cps = run_of(&["1,000", "1000"]);
-        assert_eq!(first_stop(&spec(2), &cps), Some(1));
-    }
-
-    #[test]
-    fn consistency_min_tokens_delays_the_stop() {
-        let spec = PolicySpec::Consistency { window: 2, min_tokens: 150, hedge_filter: false };
-        assert_eq!(first_stop(&spec, &run_of(&["7", "7", "7", "7", "7"])), Some(4));
-    }
-
-    #[test]
-    fn confidence_and_logprob_window_thresholds() {
-        let cps = vec![cp(32, "3", 0.5, -2.0), cp(64, "", 0.99, -0.01), cp(96, "4", 0.96, -0.1)];
-        assert_eq!(first_stop(&PolicySpec::Confidence { threshold: 0.95, min_tokens: 0 }, &cps), Some(2));
-        assert_eq!(first_stop(&PolicySpec::Confidence { threshold: 0.4, min_tokens: 0 }, &cps), Some(0));
-        // Window of 64 tokens over segments of 32: means -1.005 at 64, -0.055 at 96.
-        let lw = |threshold| PolicySpec::LogprobWindow { window: 64, threshold, min_tokens: 0 };
-        assert_eq!(first_stop(&lw(-0.06), &cps), Some(2));
-        assert_eq!(first_stop(&lw(-0.05), &cps), None);
-    }
-
-    #[test]
-    fn logprob_window_weights_partial_segments() {
-        let mut w = LogprobWindow::new(48);
-        assert_eq!(w.push(&cp(32, "", 0.0, -1.0)), -1.0);
-        // 32 tokens at -2 plus 16 of the previous 32 at -1.
-        let mean = w.push(&cp(64, "", 0.0, -2.0));
-        assert!((mean - (-2.0 * 32.0 - 16.0) / 48.0).abs() < 1e-9, "{mean}");
-    }
-
-    #[test]
-    fn hybrid_floor_and_cap() {
-        let inner = PolicySpec::Consistency { window: 2, min_tokens: 0, hedge_filter: false };
-        let hybrid = |floor, cap| PolicySpec::Hybrid { floor, cap, rule: Box::new(inner.clone()) };
-        let cps = run_of(&["7", "7", "8", "9", "10", "11"]);
-        assert_eq!(first_stop(&hybrid(0, 1000), &cps), Some(1));
-        assert_eq!(first_stop(&hybrid(96, 1000), &cps), None, "the run ended before the floor");
-        assert_eq!(first_stop(&hybrid(64, 1000), &cps), Some(1));
-        assert_eq!(first_stop(&hybrid(96, 160), &cps), Some(4));
-    }
-
-    #[test]
-    fn any_and_all_combine_children() {
-        let cps = run_of(&["7", "7", "7", "7"]);
-        let budget = PolicySpec::Budget { max_tokens: 96 };
-        let cons = PolicySpec::Consistency { window: 2, min_tokens: 0, hedge_filter: false };
-        assert_eq!(first_stop(&PolicySpec::Any { rules: vec![budget.clone(), cons.clone()] }, &cps), Some(1));
-        assert_eq!(first_stop(&PolicySpec::All { rules: vec![budget, cons] }, &cps), Some(2));
-    }
-
-    #[test]
-    fn never_never_stops() {
-        assert_eq!(first_stop(&PolicySpec::Never, &run_of(&["1", "1", "1"])), None);
-    }
+    use crate::learned::tests::stability_model;
+    use crate::rules::budget::Budget;
+    use crate::rules::combine::Any;
+    use crate::rules::hybrid::Hybrid;
+    use crate::rules::learned::Learned;
 
     #[test]
     fn parses_presets_json_and_inline_toml() {
-        assert_eq!(PolicySpec::parse("deer"), Ok(PolicySpec::Confidence { threshold: 0.95, min_tokens: 0 }));
-        assert_eq!(
-            PolicySpec::parse(r#"{"type":"budget","max_tokens":256}"#),
-            Ok(PolicySpec::Budget { max_tokens: 256 })
-        );
+        assert_eq!(PolicySpec::parse("deer"), Ok(Confidence { threshold: 0.95, min_tokens: 0 }.into()));
+        assert_eq!(PolicySpec::parse(r#"{"type":"budget","max_tokens":256}"#), Ok(Budget { max_tokens: 256 }.into()));
         assert_eq!(
             PolicySpec::parse(r#"type = "consistency", window = 3"#),
-            Ok(PolicySpec::Consistency { window: 3, min_tokens: 0, hedge_filter: false })
+            Ok(Consistency { window: 3, min_tokens: 0, hedge_filter: false }.into())
         );
         let nested = r#"{"type":"hybrid","floor":64,"cap":512,"rule":{"type":"confidence","threshold":0.9}}"#;
         assert_eq!(
             PolicySpec::parse(nested),
-            Ok(PolicySpec::Hybrid {
-                floor: 64,
-                cap: 512,
-                rule: Box::new(PolicySpec::Confidence { threshold: 0.9, min_tokens: 0 })
-            })
+            Ok(Hybrid { floor: 64, cap: 512, rule: Box::new(Confidence { threshold: 0.9, min_tokens: 0 }.into()) }
+                .into())
         );
     }
 
@@ -630,12 +284,8 @@ mod tests {
         .unwrap();
         assert_eq!(
             spec,
-            PolicySpec::Any {
-                rules: vec![
-                    PolicySpec::Budget { max_tokens: 300 },
-                    PolicySpec::Confidence { threshold: 0.9, min_tokens: 0 }
-                ]
-            }
+            Any { rules: vec![Budget { max_tokens: 300 }.into(), Confidence { threshold: 0.9, min_tokens: 0 }.into()] }
+                .into()
         );
     }
 
@@ -660,5 +310,125 @@ mod tests {
             assert_eq!(spec.validate(), Ok(()), "{name}");
             assert_eq!(PolicySpec::parse(name), Ok(spec));
         }
+    }
+
+    /// An in-memory file system.
+    fn disk(files: &[(&str, String)]) -> impl Fn(&Path) -> io::Result<Option<String>> {
+        let files: HashMap<PathBuf, String> = files.iter().map(|(p, t)| (PathBuf::from(p), t.clone())).collect();
+        move |path| Ok(files.get(path).cloned())
+    }
+
+    fn model_json() -> String {
+        serde_json::to_string(&stability_model()).unwrap()
+    }
+
+    #[test]
+    fn never_is_a_bare_name_as_well_as_json() {
+        assert_eq!(PolicySpec::parse("never"), Ok(PolicySpec::NEVER));
+        assert_eq!(PolicySpec::parse(r#"{"type":"never"}"#), Ok(PolicySpec::NEVER));
+        assert_eq!(PolicySpec::parse("type = \"never\""), Ok(PolicySpec::NEVER));
+        assert_eq!(serde_json::to_string(&PolicySpec::NEVER).unwrap(), r#"{"type":"never"}"#);
+    }
+
+    #[test]
+    fn loads_every_kind_of_file() {
+        let read = disk(&[
+            ("p/budget.json", r#"{"type":"budget","max_tokens":64}"#.into()),
+            ("p/list.txt", "type = \"budget\", max_tokens = 64\n".into()),
+            ("p/preset.txt", "deer\n".into()),
+            ("p/never.txt", "never".into()),
+        ]);
+        let files = Files::read_with(&read, "p");
+        let budget = PolicySpec::from(Budget { max_tokens: 64 });
+        assert_eq!(load("budget.json", &files), Ok(budget.clone()));
+        assert_eq!(load("list.txt", &files), Ok(budget.clone()));
+        assert_eq!(load("preset.txt", &files), PolicySpec::parse("deer"));
+        assert_eq!(load("never.txt", &files), Ok(PolicySpec::NEVER));
+        // Not a file: the text is the policy.
+        assert_eq!(load("deer", &files), PolicySpec::parse("deer"));
+        assert_eq!(load(r#"{"type":"budget","max_tokens":64}"#, &files), Ok(budget));
+        let err = load("missing.json", &files).unwrap_err().to_string();
+        assert!(err.contains("unknown preset `missing.json`"), "{err}");
+    }
+
+    #[test]
+    fn a_bad_file_is_named_in_the_error() {
+        let read = disk(&[("bad.json", r#"{"type":"budget","max_tokens":0}"#.into())]);
+        let err = load("bad.json", &Files::read_with(&read, "")).unwrap_err().to_string();
+        assert!(err.starts_with("bad.json: ") && err.contains("max_tokens"), "{err}");
+        let broken = |_: &Path| -> io::Result<Option<String>> { Err(io::Error::other("disk on fire")) };
+        let err = load("x.json", &Files::read_with(&broken, "")).unwrap_err().to_string();
+        assert!(err.contains("x.json") && err.contains("disk on fire"), "{err}");
+    }
+
+    #[test]
+    fn certificates_load_as_their_policy() {
+        let certificate = serde_json::json!({
+            "kind": CERTIFICATE_KIND, "version": 1, "policy": {"type": "budget", "max_tokens": 96},
+            "label": "budget(96)", "epsilon": 0.1, "delta": 0.05, "risk": "disagreement", "method": "ltt",
+            "p_value": "binomial", "items": 10, "n": 10, "empirical_risk": 0.0, "upper_bound": 0.1,
+            "token_reduction": 0.2, "candidates": []
+        });
+        let read = disk(&[("certs/c.json", certificate.to_string())]);
+        let files = Files::read_with(&read, "");
+        assert_eq!(load("certs/c.json", &files), Ok(Budget { max_tokens: 96 }.into()));
+        assert_eq!(PolicySpec::parse(&certificate.to_string()), Ok(Budget { max_tokens: 96 }.into()));
+        assert_eq!(load_value(certificate, &Files::none()), Ok(Budget { max_tokens: 96 }.into()));
+    }
+
+    #[test]
+    fn model_paths_resolve_against_the_file_that_names_them() {
+        let expected = PolicySpec::from(Learned { model: SharedModel::new(stability_model()), threshold: 0.5 });
+        let read = disk(&[
+            ("conf/stopper.json", model_json()),
+            // Only beside the policy files: found there, not in `conf/m`.
+            ("conf/rules/m/stopper.json", model_json()),
+            ("conf/rules/policy.json", r#"{"type":"learned","model":"m/stopper.json","threshold":0.5}"#.into()),
+            (
+                "conf/rules/nested.json",
+                r#"{"type":"any","rules":[{"type":"learned","model":"m/stopper.json","threshold":0.5}]}"#.into(),
+            ),
+        ]);
+        let files = Files::read_with(&read, "conf");
+        // Named in the configuration (base `conf`) directly, as JSON, as a `key = value` list, as a value.
+        let inline = r#"{"type":"learned","model":"stopper.json","threshold":0.5}"#;
+        assert_eq!(load(inline, &files), Ok(expected.clone()));
+        assert_eq!(load("type = \"learned\", model = \"stopper.json\", threshold = 0.5", &files), Ok(expected.clone()));
+        assert_eq!(load_value(serde_json::from_str(inline).unwrap(), &files), Ok(expected.clone()));
+        // Named in a file in `conf/rules`: relative to that file.
+        assert_eq!(load("rules/policy.json", &files), Ok(expected.clone()));
+        assert_eq!(load("rules/nested.json", &files), Ok(Any { rules: vec![expected] }.into()));
+        let err = load(r#"{"type":"learned","model":"gone.json","threshold":0.5}"#, &files).unwrap_err().to_string();
+        assert!(err.contains("conf/gone.json") && err.contains("no such file"), "{err}");
+        // A file named as such must exist.
+        assert_eq!(load_file(Path::new("rules/policy.json"), &files), load("rules/policy.json", &files));
+        let err = load_file(Path::new("deer"), &files).unwrap_err().to_string();
+        assert!(err.contains("conf/deer: no such file"), "{err}");
+    }
+
+    #[test]
+    fn a_policy_without_file_access_may_not_name_files() {
+        let named = r#"{"type":"learned","model":"stopper.json","threshold":0.5}"#;
+        let err = PolicySpec::parse(named).unwrap_err();
+        assert_eq!(err, PolicyError::FileRefused { path: "stopper.json".into() });
+        assert!(err.to_string().contains("may not name files"), "{err}");
+        // A path is not looked up either: it is read as a preset name.
+        let err = PolicySpec::parse("/etc/passwd").unwrap_err().to_string();
+        assert!(err.contains("unknown preset"), "{err}");
+        // An embedded model is no file.
+        let embedded = named.replace("\"stopper.json\"", &model_json());
+        assert!(PolicySpec::parse(&embedded).is_ok());
+    }
+
+    #[test]
+    fn misspelt_presets_and_families_get_a_suggestion() {
+        let err = load("dynasor-cott", &Files::none()).unwrap_err().to_string();
+        assert!(err.contains("unknown preset `dynasor-cott` (did you mean `dynasor-cot`?)"), "{err}");
+        let err = load("nevr", &Files::none()).unwrap_err().to_string();
+        assert!(err.contains("did you mean `never`?"), "{err}");
+        let err = load("zzzzzzzz", &Files::none()).unwrap_err().to_string();
+        assert!(!err.contains("did you mean"), "nothing is close: {err}");
+        let err = crate::rules::Family::parse("consistensy", &Files::none()).unwrap_err().to_string();
+        assert!(err.contains("did you mean `consistency`?"), "{err}");
     }
 }

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::answer;
 use crate::features::RequestInfo;
-use crate::policy::{Decision, PolicySpec};
+use crate::rules::{Decision, PolicySpec};
 use crate::trace::Trace;
 
 /// What replay needs of one checkpoint, scored once.
@@ -140,16 +140,48 @@ pub enum ProbeCharge {
     Every,
 }
 
+/// The limits serve puts on every request of a route that change where a rule stops or what it
+/// pays. Replay applies them as serve does, so that swept and certified figures describe serving.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Probes asked for at most per request (serve's `probe.max_probes`); at later checkpoints
+    /// the rule is fed the checkpoint unprobed and cannot stop there.
+    pub max_probes: u32,
+}
+
+impl Limits {
+    /// Serve's default `probe.max_probes`.
+    pub const DEFAULT_MAX_PROBES: u32 = 64;
+
+    /// Whether the limits can matter on `trace`: a request probes each checkpoint at most once,
+    /// so one with no more checkpoints than `max_probes` never reaches the limit.
+    pub fn may_bind(&self, trace: &Trace) -> bool {
+        trace.checkpoints.len() > self.max_probes as usize
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_probes: Self::DEFAULT_MAX_PROBES }
+    }
+}
+
 /// Replays a rule on one trace with the same state machine that runs online, paying for the
-/// probes it asks for ([`crate::policy::Rule::needs_probe`]).
-pub fn replay(spec: &PolicySpec, trace: &Trace, facts: &TraceFacts) -> Outcome {
+/// probes it asks for ([`crate::rules::Rule::needs_probe`]) as serve does under `limits`: a
+/// checkpoint not probed (not needed, or past `max_probes`) is decided unprobed and cannot stop.
+pub fn replay(spec: &PolicySpec, trace: &Trace, facts: &TraceFacts, limits: Limits) -> Outcome {
     let mut rule = spec.start_request(RequestInfo::of(trace));
+    let mut asked = 0;
     let mut probe_tokens = 0;
     let mut stop = None;
     for (i, c) in trace.checkpoints.iter().enumerate() {
-        if rule.needs_probe(c) {
-            probe_tokens += u64::from(facts.checkpoints[i].probe_tokens);
+        if !rule.needs_probe(c) || asked >= limits.max_probes {
+            // `decide` keeps the rule's state in step; without an answer it cannot stop.
+            rule.decide(&c.unprobed());
+            continue;
         }
+        asked += 1;
+        probe_tokens += u64::from(facts.checkpoints[i].probe_tokens);
         if rule.decide(c) == Decision::Stop {
             stop = Some(i);
             break;
@@ -254,6 +286,8 @@ pub struct Summary {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rules::budget::Budget;
+    use crate::rules::consistency::Consistency;
     use crate::trace::tests::sample;
 
     #[test]
@@ -292,17 +326,46 @@ mod tests {
     }
 
     #[test]
+    fn max_probes_binds_as_in_serve() {
+        let t = sample();
+        let f = TraceFacts::of(&t);
+        let consistency: PolicySpec = Consistency { window: 2, min_tokens: 0, hedge_filter: false }.into();
+        // The sample's probes answer 3 then 4: a consistency run never forms, both are paid.
+        let mut t2 = t.clone();
+        t2.checkpoints[0].answer = "4".into();
+        let f2 = TraceFacts::of(&t2);
+        let unlimited = replay(&consistency, &t2, &f2, Limits { max_probes: u32::MAX });
+        assert_eq!(unlimited, Outcome { stop: Some(1), generated: 64, probe_tokens: 4, em: true, agree: true });
+        assert_eq!(replay(&consistency, &t2, &f2, Limits::default()), unlimited);
+        // One probe only: the second checkpoint goes unprobed, so the run of two is never seen.
+        let limited = replay(&consistency, &t2, &f2, Limits { max_probes: 1 });
+        assert_eq!(limited, Outcome { stop: None, generated: 80, probe_tokens: 2, em: true, agree: true });
+        // A budget needs one probe, where it stops; with none allowed it runs to the end.
+        let budget: PolicySpec = Budget { max_tokens: 64 }.into();
+        assert_eq!(replay(&budget, &t, &f, Limits { max_probes: 1 }).stop, Some(1));
+        assert_eq!(replay(&budget, &t, &f, Limits { max_probes: 0 }), f.outcome(None, ProbeCharge::StopOnly));
+        // And the figures change with it.
+        let summary = |limits| {
+            let mut tally = Tally::default();
+            tally.add(&f2, &replay(&consistency, &t2, &f2, limits));
+            tally.summary()
+        };
+        assert!(summary(Limits { max_probes: 1 }).token_reduction < summary(Limits::default()).token_reduction);
+        assert!(Limits { max_probes: 1 }.may_bind(&t) && !Limits::default().may_bind(&t));
+    }
+
+    #[test]
     fn summary_accounts_tokens_honestly() {
         let t = sample();
         let f = TraceFacts::of(&t);
         let mut tally = Tally::default();
-        tally.add(&f, &replay(&PolicySpec::Budget { max_tokens: 32 }, &t, &f));
+        tally.add(&f, &replay(&Budget { max_tokens: 32 }.into(), &t, &f, Limits::default()));
         let s = tally.summary();
         assert_eq!((s.em_full, s.em_stopped, s.agreement), (1.0, 0.0, 0.0));
         assert!((s.token_reduction - (1.0 - 34.0 / 80.0)).abs() < 1e-12);
         assert!((s.generated_reduction - 0.6).abs() < 1e-12);
         let mut never = Tally::default();
-        never.add(&f, &replay(&PolicySpec::Never, &t, &f));
+        never.add(&f, &replay(&PolicySpec::NEVER, &t, &f, Limits::default()));
         assert_eq!(never.summary().token_reduction, 0.0);
     }
 }

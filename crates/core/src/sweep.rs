@@ -10,131 +10,17 @@ use std::ops::Range;
 
 use serde::Serialize;
 
-use crate::features::{FeatureState, RequestInfo};
-use crate::learned::SharedModel;
-use crate::policy::{confidence_score, learned_score, LogprobWindow, PolicySpec};
-use crate::replay::{Outcome, ProbeCharge, Summary, Tally, TraceFacts};
+use crate::replay::{replay, Limits, Outcome, ProbeCharge, Summary, Tally, TraceFacts};
+use crate::rules::{Family, PolicySpec};
 use crate::trace::Trace;
 
-/// A rule family swept over its one threshold.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(tag = "family", rename_all = "snake_case")]
-pub enum Family {
-    /// Threshold: the token budget.
-    Budget,
-    /// Threshold: the window (equal answers in a row).
-    Consistency { hedge_filter: bool },
-    /// Threshold: the trial answer's mean probability.
-    Confidence,
-    /// Threshold: the window mean log-probability, for a fixed window.
-    LogprobWindow { window: u32 },
-    /// Threshold: the trained stopper's probability. Each checkpoint is scored once per trace.
-    Learned { model: SharedModel },
-}
-
 impl Family {
-    /// The four families a sweep covers unless told otherwise.
-    pub const DEFAULTS: [Family; 4] = [
-        Family::Budget,
-        Family::Consistency { hedge_filter: true },
-        Family::Confidence,
-        Family::LogprobWindow { window: 128 },
-    ];
-
-    pub fn name(&self) -> &'static str {
-        match self {
-            Family::Budget => "budget",
-            Family::Consistency { .. } => "consistency",
-            Family::Confidence => "confidence",
-            Family::LogprobWindow { .. } => "logprob_window",
-            Family::Learned { .. } => "learned",
+    /// The outcome on one trace of every one of the (ascending) `thresholds`, in one pass (one
+    /// replay per threshold where `limits` may bind on the trace).
+    pub fn outcomes(&self, trace: &Trace, facts: &TraceFacts, thresholds: &[f64], limits: Limits) -> Vec<Outcome> {
+        if limits.may_bind(trace) {
+            return thresholds.iter().map(|&t| replay(&self.spec(t), trace, facts, limits)).collect();
         }
-    }
-
-    /// Parses a family name as given on the command line.
-    pub fn parse(name: &str) -> Result<Family, String> {
-        if name == "learned" {
-            return Err("the `learned` family needs its model file: name it `learned:stopper.json`".into());
-        }
-        Family::DEFAULTS.into_iter().find(|f| f.name() == name).ok_or_else(|| {
-            format!("unknown rule family `{name}`; families are: budget, consistency, confidence, logprob_window, learned:MODEL.json")
-        })
-    }
-
-    /// The concrete policy at one threshold of the family.
-    pub fn spec(&self, threshold: f64) -> PolicySpec {
-        match *self {
-            Family::Budget => PolicySpec::Budget { max_tokens: threshold as u32 },
-            Family::Consistency { hedge_filter } => {
-                PolicySpec::Consistency { window: threshold as u32, min_tokens: 0, hedge_filter }
-            }
-            Family::Confidence => PolicySpec::Confidence { threshold: threshold as f32, min_tokens: 0 },
-            Family::LogprobWindow { window } => {
-                PolicySpec::LogprobWindow { window, threshold: threshold as f32, min_tokens: 0 }
-            }
-            Family::Learned { ref model } => PolicySpec::Learned { model: model.clone(), threshold: threshold as f32 },
-        }
-    }
-
-    /// `n` thresholds, ascending, each exactly representable in the family's spec (so that a
-    /// sweep point and a replay of its spec compare the same numbers).
-    pub fn grid(&self, n: usize, probe_interval: u32) -> Vec<f64> {
-        let n = n.max(1);
-        let mut grid: Vec<f64> = match self {
-            Family::Budget => (1..=n as u32).map(|k| f64::from(k * probe_interval.max(1))).collect(),
-            Family::Consistency { .. } => (1..=n as u32).map(f64::from).collect(),
-            Family::Confidence => (0..n).map(|k| f64::from((k as f64 / (n.max(2) - 1) as f64) as f32)).collect(),
-            // Log-probabilities from -5 to -0.005 on a log scale: fine steps where confident text lives.
-            Family::LogprobWindow { .. } => (0..n)
-                .map(|k| {
-                    let x = (5f64.ln() + (0.005f64.ln() - 5f64.ln()) * k as f64 / (n.max(2) - 1) as f64).exp();
-                    f64::from(-(x as f32))
-                })
-                .collect(),
-            Family::Learned { .. } => probability_grid(n),
-        };
-        grid.dedup();
-        grid
-    }
-
-    /// The probes the family's rule pays for up to its stop (see `Rule::needs_probe`); a log-prob
-    /// window also pays for [`Self::for_each_extra_probe`].
-    fn charge(&self) -> ProbeCharge {
-        match self {
-            Family::Budget | Family::LogprobWindow { .. } => ProbeCharge::StopOnly,
-            Family::Consistency { .. } | Family::Confidence | Family::Learned { .. } => ProbeCharge::Every,
-        }
-    }
-
-    /// Calls `each(range, tokens)` for probe tokens paid, beyond [`Self::charge`], by the
-    /// thresholds in `range`. A log-prob window rule probes wherever its window is confident
-    /// enough and goes on when the answer comes back empty: threshold `t` pays for checkpoint
-    /// `j` when `mean_j >= t` and no earlier checkpoint's score reached `t`.
-    fn for_each_extra_probe(
-        &self,
-        trace: &Trace,
-        facts: &TraceFacts,
-        scores: &[f64],
-        thresholds: &[f64],
-        mut each: impl FnMut(Range<usize>, u64),
-    ) {
-        let Family::LogprobWindow { window } = *self else { return };
-        let mut w = LogprobWindow::new(window);
-        let mut best = f64::NEG_INFINITY;
-        for ((c, fact), &score) in trace.checkpoints.iter().zip(&facts.checkpoints).zip(scores) {
-            let mean = w.push(c);
-            if c.answer.is_empty() && mean > best {
-                let paying = thresholds.partition_point(|&t| t <= best)..thresholds.partition_point(|&t| t <= mean);
-                if !paying.is_empty() {
-                    each(paying, u64::from(fact.probe_tokens));
-                }
-            }
-            best = best.max(score);
-        }
-    }
-
-    /// The outcome on one trace of every one of the (ascending) `thresholds`, in one pass.
-    pub fn outcomes(&self, trace: &Trace, facts: &TraceFacts, thresholds: &[f64]) -> Vec<Outcome> {
         let mut scores = Vec::new();
         self.scores(trace, facts, &mut scores);
         let mut out = Vec::with_capacity(thresholds.len());
@@ -146,46 +32,6 @@ impl Family {
             out[range].iter_mut().for_each(|o| o.probe_tokens += tokens);
         });
         out
-    }
-
-    /// Each checkpoint's score: the family's rule stops at the first checkpoint whose score is
-    /// at least the threshold. Must agree with the rule's state machine (property-tested).
-    fn scores(&self, trace: &Trace, facts: &TraceFacts, out: &mut Vec<f64>) {
-        out.clear();
-        match *self {
-            Family::Budget => out.extend(trace.checkpoints.iter().map(|c| f64::from(c.tokens))),
-            Family::Consistency { hedge_filter } => {
-                // The same run counting as the rule's state machine (`next_run`), on interned ids.
-                let mut last = 0;
-                let mut run = 0;
-                for c in &facts.checkpoints {
-                    let id = if hedge_filter && c.hedging { 0 } else { c.answer_id };
-                    run = match id {
-                        0 => 0,
-                        _ if id == last => run + 1,
-                        _ => 1,
-                    };
-                    last = id;
-                    out.push(f64::from(run));
-                }
-            }
-            Family::Confidence => out.extend(trace.checkpoints.iter().map(|c| f64::from(confidence_score(c)))),
-            Family::Learned { ref model } => {
-                let mut features = FeatureState::new(RequestInfo::of(trace));
-                out.extend(trace.checkpoints.iter().map(|c| learned_score(model, &features.push(c), c)));
-            }
-            Family::LogprobWindow { window } => {
-                let mut w = LogprobWindow::new(window);
-                out.extend(trace.checkpoints.iter().map(|c| {
-                    let mean = w.push(c);
-                    if c.answer.is_empty() {
-                        f64::NEG_INFINITY
-                    } else {
-                        mean
-                    }
-                }));
-            }
-        }
     }
 }
 
@@ -207,6 +53,7 @@ pub fn probability_grid(n: usize) -> Vec<f64> {
 #[derive(Debug, Clone)]
 pub struct Sweep {
     families: Vec<FamilySweep>,
+    limits: Limits,
     oracle: Tally,
     scores: Vec<f64>,
 }
@@ -238,8 +85,8 @@ pub struct SweepReport {
 }
 
 impl Sweep {
-    /// A sweep of `families`, each over its own ascending `thresholds`.
-    pub fn new(families: impl IntoIterator<Item = (Family, Vec<f64>)>) -> Self {
+    /// A sweep of `families`, each over its own ascending `thresholds`, under serve's `limits`.
+    pub fn new(families: impl IntoIterator<Item = (Family, Vec<f64>)>, limits: Limits) -> Self {
         let families = families
             .into_iter()
             .map(|(family, thresholds)| FamilySweep {
@@ -248,16 +95,24 @@ impl Sweep {
                 thresholds,
             })
             .collect();
-        Sweep { families, oracle: Tally::default(), scores: Vec::new() }
+        Sweep { families, limits, oracle: Tally::default(), scores: Vec::new() }
     }
 
     /// Adds one trace to every family's sweep and to the oracle.
     pub fn add(&mut self, trace: &Trace, facts: &TraceFacts) {
         self.oracle.add(facts, &oracle_outcome(facts));
         for fs in &mut self.families {
+            let diff = &mut fs.diff;
+            if self.limits.may_bind(trace) {
+                for (k, &threshold) in fs.thresholds.iter().enumerate() {
+                    let outcome = replay(&fs.family.spec(threshold), trace, facts, self.limits);
+                    diff[k].add_scaled(facts, &outcome, 1);
+                    diff[k + 1].add_scaled(facts, &outcome, -1);
+                }
+                continue;
+            }
             fs.family.scores(trace, facts, &mut self.scores);
             let charge = fs.family.charge();
-            let diff = &mut fs.diff;
             for_each_stop(&self.scores, &fs.thresholds, |range, stop| {
                 let outcome = facts.outcome(stop, charge);
                 diff[range.start].add_scaled(facts, &outcome, 1);
@@ -345,11 +200,10 @@ pub fn pareto_frontier(summaries: &[Summary]) -> Vec<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::replay::replay;
     use crate::trace::tests::sample;
 
     fn sweep_one(trace: &Trace, family: Family, thresholds: Vec<f64>) -> SweepReport {
-        let mut s = Sweep::new([(family, thresholds)]);
+        let mut s = Sweep::new([(family, thresholds)], Limits::default());
         s.add(trace, &TraceFacts::of(trace));
         s.finish()
     }
@@ -358,11 +212,11 @@ mod tests {
     fn sweep_points_equal_individual_replays() {
         let t = sample();
         let f = TraceFacts::of(&t);
-        for family in Family::DEFAULTS {
+        for family in Family::defaults() {
             let grid = family.grid(40, 32);
             for p in sweep_one(&t, family, grid).points {
                 let mut tally = Tally::default();
-                tally.add(&f, &replay(&p.policy, &t, &f));
+                tally.add(&f, &replay(&p.policy, &t, &f, Limits::default()));
                 assert_eq!(p.summary, tally.summary(), "{}", p.label);
             }
         }
@@ -370,16 +224,15 @@ mod tests {
 
     #[test]
     fn grids_are_ascending_and_round_trip_through_specs() {
-        for family in Family::DEFAULTS {
+        for family in Family::defaults() {
             let grid = family.grid(256, 32);
             assert!(grid.windows(2).all(|w| w[0] < w[1]), "{family:?}");
             for &t in &grid {
                 let back = match family.spec(t) {
-                    PolicySpec::Budget { max_tokens } => f64::from(max_tokens),
-                    PolicySpec::Consistency { window, .. } => f64::from(window),
-                    PolicySpec::Confidence { threshold, .. } | PolicySpec::LogprobWindow { threshold, .. } => {
-                        f64::from(threshold)
-                    }
+                    PolicySpec::Budget(budget) => f64::from(budget.max_tokens),
+                    PolicySpec::Consistency(consistency) => f64::from(consistency.window),
+                    PolicySpec::Confidence(confidence) => f64::from(confidence.threshold),
+                    PolicySpec::LogprobWindow(window) => f64::from(window.threshold),
                     other => panic!("unexpected {other:?}"),
                 };
                 assert_eq!(back, t);

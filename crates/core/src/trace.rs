@@ -72,6 +72,23 @@ pub struct Checkpoint {
     pub segment_entropy: f32,
 }
 
+impl Checkpoint {
+    /// The checkpoint as an online request sees it before (or without) a probe: what generation
+    /// tells, no answer.
+    pub fn unprobed(&self) -> Checkpoint {
+        Checkpoint {
+            tokens: self.tokens,
+            answer: String::new(),
+            probe_text: String::new(),
+            answer_tokens: 0,
+            mean_prob: 0.0,
+            min_prob: 0.0,
+            segment_logprob: self.segment_logprob,
+            segment_entropy: self.segment_entropy,
+        }
+    }
+}
+
 /// How the full run ended.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

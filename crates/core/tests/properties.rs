@@ -9,9 +9,15 @@ use stopwise_core::features::{
     trace_features, FeatureState, RequestInfo, FEATURES, FEATURE_NAMES, FEATURE_SCHEMA_VERSION,
 };
 use stopwise_core::learned::{Dense, SharedModel, StopperModel, MODEL_FORMAT};
-use stopwise_core::policy::{Decision, PolicySpec};
-use stopwise_core::replay::{replay, Tally, TraceFacts};
-use stopwise_core::sweep::{Family, Sweep};
+use stopwise_core::policy::Files;
+use stopwise_core::replay::{replay, Limits, Tally, TraceFacts};
+use stopwise_core::rules::combine::{All, Any};
+use stopwise_core::rules::consistency::ConsistencyFamily;
+use stopwise_core::rules::hybrid::Hybrid;
+use stopwise_core::rules::learned::Learned;
+use stopwise_core::rules::logprob_window::LogprobWindowFamily;
+use stopwise_core::rules::{Decision, Family, PolicySpec};
+use stopwise_core::sweep::Sweep;
 use stopwise_core::trace::{Checkpoint, Final, ProbeSettings, Trace};
 use stopwise_core::Task;
 
@@ -76,16 +82,29 @@ fn dense_model() -> SharedModel {
     })
 }
 
+/// Every registered family (the learned one over `dense_model`, named by a file as on a command
+/// line), and two more settings of the hand rules.
+fn registered_families() -> Vec<Family> {
+    let model = dense_model().to_json();
+    let read = move |_: &std::path::Path| -> std::io::Result<Option<String>> { Ok(Some(model.clone())) };
+    let files = Files::read_with(&read, "");
+    Family::NAMES
+        .iter()
+        .map(|name| {
+            // A family without a default takes a file: a model is all a file here can be.
+            Family::parse(name, &files)
+                .or_else(|_| Family::parse(&format!("{name}:dense.json"), &files))
+                .unwrap_or_else(|e| panic!("{name}: {e}"))
+        })
+        .chain([
+            Family::Consistency(ConsistencyFamily { hedge_filter: false }),
+            Family::LogprobWindow(LogprobWindowFamily { window: 48 }),
+        ])
+        .collect()
+}
+
 fn family_strategy() -> impl Strategy<Value = Family> {
-    prop::sample::select(vec![
-        Family::Learned { model: dense_model() },
-        Family::Budget,
-        Family::Consistency { hedge_filter: true },
-        Family::Consistency { hedge_filter: false },
-        Family::Confidence,
-        Family::LogprobWindow { window: 48 },
-        Family::LogprobWindow { window: 128 },
-    ])
+    prop::sample::select(registered_families())
 }
 
 /// Any rule: a family's setting, alone, inside a hybrid, or combined with a second one.
@@ -98,9 +117,9 @@ fn spec_strategy() -> impl Strategy<Value = PolicySpec> {
     };
     (setting(), setting(), 0u8..4, 0u32..300, 0u32..400).prop_map(|(a, b, shape, floor, cap)| match shape {
         0 => a,
-        1 => PolicySpec::Hybrid { floor, cap: floor + cap, rule: Box::new(a) },
-        2 => PolicySpec::Any { rules: vec![a, b] },
-        _ => PolicySpec::All { rules: vec![a, b] },
+        1 => Hybrid { floor, cap: floor + cap, rule: Box::new(a) }.into(),
+        2 => Any { rules: vec![a, b] }.into(),
+        _ => All { rules: vec![a, b] }.into(),
     })
 }
 
@@ -134,7 +153,7 @@ proptest! {
                 break;
             }
         }
-        let replayed = replay(&spec, &trace, &facts);
+        let replayed = replay(&spec, &trace, &facts, Limits::default());
         prop_assert_eq!(replayed.stop, stop, "{}", spec.label());
         prop_assert_eq!(replayed.probe_tokens, paid);
         prop_assert!(paid <= facts.all_probe_tokens);
@@ -143,7 +162,7 @@ proptest! {
     #[test]
     fn sweep_equals_replay_at_every_threshold(traces in prop::collection::vec(trace_strategy(), 1..8), family in family_strategy(), n in 1usize..40) {
         let grid = family.grid(n, 32);
-        let mut sweep = Sweep::new([(family, grid)]);
+        let mut sweep = Sweep::new([(family, grid)], Limits::default());
         let facts: Vec<TraceFacts> = traces.iter().map(TraceFacts::of).collect();
         for (t, f) in traces.iter().zip(&facts) {
             sweep.add(t, f);
@@ -151,7 +170,7 @@ proptest! {
         for point in sweep.finish().points {
             let mut tally = Tally::default();
             for (t, f) in traces.iter().zip(&facts) {
-                tally.add(f, &replay(&point.policy, t, f));
+                tally.add(f, &replay(&point.policy, t, f, Limits::default()));
             }
             prop_assert_eq!(point.summary, tally.summary(), "{}", point.label);
         }
@@ -163,7 +182,7 @@ proptest! {
         let stops: Vec<usize> = family
             .grid(64, 32)
             .into_iter()
-            .map(|t| replay(&family.spec(t), &trace, &facts).stop.unwrap_or(usize::MAX))
+            .map(|t| replay(&family.spec(t), &trace, &facts, Limits::default()).stop.unwrap_or(usize::MAX))
             .collect();
         prop_assert!(stops.windows(2).all(|w| w[0] <= w[1]), "{:?}", stops);
     }
@@ -171,11 +190,11 @@ proptest! {
     #[test]
     fn replay_matches_the_streaming_state_machine(trace in trace_strategy(), family in family_strategy(), k in 0usize..64) {
         let grid = family.grid(64, 32);
-        let spec = PolicySpec::Hybrid { floor: 64, cap: 256, rule: Box::new(family.spec(grid[k % grid.len()])) };
+        let spec: PolicySpec = Hybrid { floor: 64, cap: 256, rule: Box::new(family.spec(grid[k % grid.len()])) }.into();
         let facts = TraceFacts::of(&trace);
         let mut rule = spec.start_request(RequestInfo::of(&trace));
         let streamed = trace.checkpoints.iter().map(|c| rule.observe(c)).position(|d| d == Decision::Stop);
-        prop_assert_eq!(replay(&spec, &trace, &facts).stop, streamed);
+        prop_assert_eq!(replay(&spec, &trace, &facts, Limits::default()).stop, streamed);
     }
 
     #[test]
@@ -186,8 +205,8 @@ proptest! {
         let mut never = Tally::default();
         for t in &traces {
             let f = TraceFacts::of(t);
-            tally.add(&f, &replay(&spec, t, &f));
-            never.add(&f, &replay(&PolicySpec::Never, t, &f));
+            tally.add(&f, &replay(&spec, t, &f, Limits::default()));
+            never.add(&f, &replay(&PolicySpec::NEVER, t, &f, Limits::default()));
         }
         let s = tally.summary();
         prop_assert!((0.0..=1.0).contains(&s.generated_reduction));
@@ -201,10 +220,54 @@ proptest! {
     fn family_outcomes_equal_one_replay_per_threshold(trace in trace_strategy(), family in family_strategy(), n in 1usize..40) {
         let facts = TraceFacts::of(&trace);
         let grid = family.grid(n, 32);
-        let outcomes = family.outcomes(&trace, &facts, &grid);
+        let outcomes = family.outcomes(&trace, &facts, &grid, Limits::default());
         prop_assert_eq!(outcomes.len(), grid.len());
         for (t, outcome) in grid.iter().zip(outcomes) {
-            prop_assert_eq!(outcome, replay(&family.spec(*t), &trace, &facts));
+            prop_assert_eq!(outcome, replay(&family.spec(*t), &trace, &facts, Limits::default()));
+        }
+    }
+
+    #[test]
+    fn replay_under_max_probes_is_what_serve_does(trace in trace_strategy(), spec in spec_strategy(), max_probes in 0u32..14) {
+        // Serve (`session.rs`) asks for at most `max_probes` probes; at a checkpoint not probed
+        // the rule is fed it unprobed and cannot stop there.
+        let limits = Limits { max_probes };
+        let facts = TraceFacts::of(&trace);
+        let mut online = spec.start_request(RequestInfo::of(&trace));
+        let (mut asked, mut paid, mut stop) = (0, 0u64, None);
+        for (i, c) in trace.checkpoints.iter().enumerate() {
+            if !online.needs_probe(c) || asked >= max_probes {
+                online.decide(&unprobed(c));
+                continue;
+            }
+            asked += 1;
+            paid += u64::from(c.answer_tokens);
+            if online.decide(c) == Decision::Stop {
+                stop = Some(i);
+                break;
+            }
+        }
+        let replayed = replay(&spec, &trace, &facts, limits);
+        prop_assert_eq!(replayed.stop, stop, "{}", spec.label());
+        prop_assert_eq!(replayed.probe_tokens, paid);
+    }
+
+    #[test]
+    fn sweep_equals_replay_under_max_probes(traces in prop::collection::vec(trace_strategy(), 1..6), family in family_strategy(), n in 1usize..20, max_probes in 0u32..14) {
+        let limits = Limits { max_probes };
+        let grid = family.grid(n, 32);
+        let mut sweep = Sweep::new([(family.clone(), grid.clone())], limits);
+        let facts: Vec<TraceFacts> = traces.iter().map(TraceFacts::of).collect();
+        for (t, f) in traces.iter().zip(&facts) {
+            sweep.add(t, f);
+            prop_assert_eq!(family.outcomes(t, f, &grid, limits), grid.iter().map(|&g| replay(&family.spec(g), t, f, limits)).collect::<Vec<_>>());
+        }
+        for point in sweep.finish().points {
+            let mut tally = Tally::default();
+            for (t, f) in traces.iter().zip(&facts) {
+                tally.add(f, &replay(&point.policy, t, f, limits));
+            }
+            prop_assert_eq!(point.summary, tally.summary(), "{}", point.label);
         }
     }
 
@@ -240,7 +303,7 @@ proptest! {
     #[test]
     fn learned_rule_online_stops_where_batch_scores_say(trace in trace_strategy(), threshold in 0.0f32..=1.0) {
         let model = dense_model();
-        let spec = PolicySpec::Learned { model: model.clone(), threshold };
+        let spec: PolicySpec = Learned { model: model.clone(), threshold }.into();
         let mut rule = spec.start_request(RequestInfo::of(&trace));
         let online = trace.checkpoints.iter().position(|c| rule.observe(c) == Decision::Stop);
         let batch = trace_features(&trace)
@@ -253,7 +316,7 @@ proptest! {
 
 #[test]
 fn learned_spec_round_trips_and_refuses_a_mismatched_schema() {
-    let spec = PolicySpec::Learned { model: dense_model(), threshold: 0.75 };
+    let spec: PolicySpec = Learned { model: dense_model(), threshold: 0.75 }.into();
     let json = serde_json::to_string(&spec).unwrap();
     assert_eq!(PolicySpec::parse(&json), Ok(spec.clone()));
     assert_eq!(spec.label(), "learned(dense,0.75)");

@@ -14,7 +14,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::{json, Map, Value};
-use stopwise_core::policy::PolicySpec;
+use stopwise_core::rules::PolicySpec;
 use stopwise_engine::Engine;
 use tokio::sync::mpsc;
 
@@ -111,7 +111,7 @@ impl AppState {
                 }
                 tracing::warn!("{message}; serving it without stopping (on_missing_capability = \"degrade\")");
                 self.degraded.insert(route.model.clone(), message);
-                route.policy = PolicySpec::Never;
+                route.policy = PolicySpec::NEVER;
             }
             self.capabilities.insert(route.model.clone(), found);
         }
@@ -211,7 +211,7 @@ async fn admin_capabilities(
         let upstream = route.upstream.to_string();
         let stopping = match state.degraded.get(&route.model) {
             Some(why) => format!("off (degraded): {why}"),
-            None if route.policy == PolicySpec::Never => "off".into(),
+            None if route.policy == PolicySpec::NEVER => "off".into(),
             None => "on".into(),
         };
         routes.insert(
@@ -262,11 +262,11 @@ async fn complete(
         ApiError::unknown_model(&req.model, &state.routes.keys().map(String::as_str).collect::<Vec<_>>())
     })?;
     let policy = match (&req.extension.disable, &req.extension.policy) {
-        (true, _) => PolicySpec::Never,
+        (true, _) => PolicySpec::NEVER,
         (false, Some(policy)) => policy.clone(),
         (false, None) => route.policy.clone(),
     };
-    let stopping = policy != PolicySpec::Never;
+    let stopping = policy != PolicySpec::NEVER;
     // A per-request policy must not silently do nothing either.
     if let Some(found) = state.capabilities.get(&route.model) {
         let missing = missing_names(found, &policy);

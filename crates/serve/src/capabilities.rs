@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use serde::Serialize;
 use serde_json::{json, Value};
-use stopwise_core::policy::PolicySpec;
+use stopwise_core::rules::PolicySpec;
 
 use crate::config::{Route, Upstream};
 use crate::http_upstream::{HttpProber, ProbeInput};
@@ -70,7 +70,7 @@ impl Capabilities {
     /// The capabilities `policy` needs that are known to be missing, by name, with their checks.
     /// Unknown ones (upstream down) do not count: readiness reports those.
     pub fn missing_for(&self, policy: &PolicySpec) -> Vec<(&'static str, &Check)> {
-        if *policy == PolicySpec::Never {
+        if *policy == PolicySpec::NEVER {
             return Vec::new();
         }
         let mut needed = vec![("streams", &self.streams), ("prefill", &self.prefill)];

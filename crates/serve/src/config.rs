@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use stopwise_core::answer::Task;
-use stopwise_core::policy::PolicySpec;
+use stopwise_core::policy::{self, Files};
+use stopwise_core::rules::PolicySpec;
 
 /// `upstream` value that selects the in-process engine.
 pub const EMBEDDED: &str = "embedded";
@@ -104,7 +105,8 @@ pub enum OnMissing {
 #[serde(untagged)]
 pub enum PolicyField {
     Text(String),
-    Table(PolicySpec),
+    /// Read as a value so that the loader resolves a learned model's path against the file.
+    Table(serde_json::Value),
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -185,7 +187,8 @@ fn default_timeout_ms() -> u64 {
     10_000
 }
 fn default_max_probes() -> u32 {
-    64
+    // One default: replay and certification assume it too.
+    stopwise_core::replay::Limits::DEFAULT_MAX_PROBES
 }
 fn default_reasoning_open() -> String {
     "<think>\n".into()
@@ -328,18 +331,23 @@ impl Config {
             .into_iter()
             .enumerate()
             .map(|(i, mut route)| {
-                // The flag or variable replaces the file's policy, whichever way the file gave it.
-                if let Some(text) = &policy {
-                    route.policy_file = None;
-                    route.policy = Some(PolicyField::Text(text.clone()));
-                }
+                // The flag or variable replaces the file's policy, whichever way the file gave it; a
+                // path it names is relative to the working directory, not to the file.
+                let policy_base = match &policy {
+                    Some(text) => {
+                        route.policy_file = None;
+                        route.policy = Some(PolicyField::Text(text.clone()));
+                        PathBuf::new()
+                    }
+                    None => base_dir.clone(),
+                };
                 let api_key = match &route.api_key_env {
                     None => None,
                     Some(var) => Some(env(var).ok_or_else(|| {
                         invalid(format!("routes[{i}].api_key_env"), format!("the variable `{var}` is not set"))
                     })?),
                 };
-                Ok(Route { api_key, ..Route::resolve(i, route, &base_dir)? })
+                Ok(Route { api_key, ..Route::resolve(i, route, &base_dir, &policy_base)? })
             })
             .collect::<Result<Vec<_>, _>>()?;
         for (i, route) in routes.iter().enumerate() {
@@ -351,38 +359,22 @@ impl Config {
     }
 }
 
-/// A policy given as text: `never` (stopping off: a pure proxy; it is no preset), a file holding
-/// a certificate or policy JSON (as `--rule` elsewhere), or anything [`PolicySpec::parse`] takes.
-fn policy_from_text(text: &str) -> Result<PolicySpec, String> {
-    match text.trim() {
-        "never" => Ok(PolicySpec::Never),
-        path if Path::new(path).is_file() => policy_from_file(Path::new(path)),
-        text => PolicySpec::parse(text).map_err(|e| e.to_string()),
-    }
-}
-
-/// A certificate from `stopwise calibrate`, or a policy as JSON, read from a file.
-fn policy_from_file(path: &Path) -> Result<PolicySpec, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    stopwise_core::certify::policy_from_text(&text).map_err(|e| format!("{}: {e}", path.display()))
-}
-
 impl Route {
-    fn resolve(i: usize, route: RouteConfig, base_dir: &Path) -> Result<Self, ConfigError> {
+    /// `base_dir` is the config file's folder, which relative paths in it (a `policy_file`, a
+    /// learned model's file) are relative to; `policy_base` is what a `policy` naming a file is
+    /// relative to (the working directory when the policy came from a flag or variable).
+    fn resolve(i: usize, route: RouteConfig, base_dir: &Path, policy_base: &Path) -> Result<Self, ConfigError> {
         let key = |field: &str| format!("routes[{i}].{field}");
+        let read = stopwise_store::read_if_file;
         let policy = match (route.policy, &route.policy_file) {
             (Some(_), Some(_)) => return Err(invalid(key("policy_file"), "give `policy` or `policy_file`, not both")),
-            (None, Some(file)) => {
-                policy_from_file(&base_dir.join(file)).map_err(|why| invalid(key("policy_file"), why))?
-            }
+            (None, Some(file)) => policy::load_file(file, &Files::read_with(&read, base_dir))
+                .map_err(|e| invalid(key("policy_file"), e.to_string()))?,
             (None, None) => PolicySpec::parse(DEFAULT_POLICY).map_err(|e| invalid(key("policy"), e.to_string()))?,
-            (Some(PolicyField::Text(text)), None) => {
-                policy_from_text(&text).map_err(|why| invalid(key("policy"), why))?
-            }
-            (Some(PolicyField::Table(spec)), None) => {
-                spec.validate().map_err(|e| invalid(key("policy"), e.to_string()))?;
-                spec
-            }
+            (Some(PolicyField::Text(text)), None) => policy::load(&text, &Files::read_with(&read, policy_base))
+                .map_err(|e| invalid(key("policy"), e.to_string()))?,
+            (Some(PolicyField::Table(value)), None) => policy::load_value(value, &Files::read_with(&read, base_dir))
+                .map_err(|e| invalid(key("policy"), e.to_string()))?,
         };
         let probe = route.probe;
         if probe.interval == 0 || probe.max_tokens == 0 || probe.max_probes == 0 {
@@ -454,6 +446,9 @@ impl Route {
 
 #[cfg(test)]
 mod tests {
+    use stopwise_core::rules::budget::Budget;
+    use stopwise_core::rules::confidence::Confidence;
+
     use super::*;
 
     fn no_env(_: &str) -> Option<String> {
@@ -494,10 +489,10 @@ policy = "deer"
         assert_eq!(settings.body_limit, 1024);
         let qwen = &settings.routes[0];
         assert_eq!(qwen.upstream, Upstream::Http("http://127.0.0.1:8000/v1".into()));
-        assert_eq!(qwen.policy, PolicySpec::Budget { max_tokens: 64 });
+        assert_eq!(qwen.policy, Budget { max_tokens: 64 }.into());
         assert_eq!(qwen.probe_base(), Some("http://127.0.0.1:8001/v1"));
         assert_eq!(qwen.probe.mode, ProbeMode::ChatmlCompletions);
-        assert_eq!(settings.routes[1].policy, PolicySpec::Confidence { threshold: 0.95, min_tokens: 0 });
+        assert_eq!(settings.routes[1].policy, Confidence { threshold: 0.95, min_tokens: 0 }.into());
     }
 
     #[test]
@@ -542,15 +537,63 @@ policy = "deer"
             .unwrap();
         // Relative to the config file's folder, wherever the server is started from.
         let settings = Config::load(&file).unwrap().resolve(&Overrides::default(), no_env).unwrap();
-        assert_eq!(settings.routes[0].policy, PolicySpec::Budget { max_tokens: 64 });
+        assert_eq!(settings.routes[0].policy, Budget { max_tokens: 64 }.into());
         // The flag names a file as well.
         let cert = dir.join("cert.json").display().to_string();
         let flags = Overrides { policy: Some(cert), ..Overrides::default() };
         let settings = Config::default().resolve(&flags, no_env).unwrap();
-        assert_eq!(settings.routes[0].policy, PolicySpec::Budget { max_tokens: 64 });
+        assert_eq!(settings.routes[0].policy, Budget { max_tokens: 64 }.into());
         std::fs::write(dir.join("cert.json"), "{\"kind\":\"stopwise-certificate\",\"version\":9}").unwrap();
         let err = Config::load(&file).unwrap().resolve(&Overrides::default(), no_env).unwrap_err().to_string();
         assert!(err.contains("routes[0].policy_file") && err.contains("cert.json"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_learned_model_file_resolves_against_the_config_file() {
+        use stopwise_core::features::{FEATURES, FEATURE_NAMES, FEATURE_SCHEMA_VERSION};
+        use stopwise_core::learned::{Dense, StopperModel, MODEL_FORMAT};
+
+        let dir = std::env::temp_dir().join(format!("stopwise-config-learned-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("models")).unwrap();
+        let model = StopperModel {
+            format: MODEL_FORMAT.into(),
+            schema_version: FEATURE_SCHEMA_VERSION,
+            features: FEATURE_NAMES.iter().map(|n| n.to_string()).collect(),
+            id: "cfg".into(),
+            label: "agree".into(),
+            input_mean: vec![0.0; FEATURES],
+            input_scale: vec![1.0; FEATURES],
+            layers: vec![Dense { inputs: FEATURES, outputs: 1, weights: vec![0.5; FEATURES], bias: vec![0.0] }],
+            training: serde_json::Value::Null,
+        };
+        std::fs::write(dir.join("models/stopper.json"), model.to_json()).unwrap();
+        std::fs::write(dir.join("models/policy.json"), r#"{"type":"learned","model":"stopper.json","threshold":0.7}"#)
+            .unwrap();
+        let file = dir.join("stopwise.toml");
+        std::fs::write(
+            &file,
+            r#"
+[[routes]]
+model = "table"
+upstream = "embedded"
+policy = { type = "learned", model = "models/stopper.json", threshold = 0.7 }
+[[routes]]
+model = "text"
+upstream = "embedded"
+policy = '{"type":"learned","model":"models/stopper.json","threshold":0.7}'
+[[routes]]
+model = "file"
+upstream = "embedded"
+policy_file = "models/policy.json"
+"#,
+        )
+        .unwrap();
+        // Started from elsewhere: every path is relative to the file that names it.
+        let settings = Config::load(&file).unwrap().resolve(&Overrides::default(), no_env).unwrap();
+        for route in &settings.routes {
+            assert_eq!(route.policy.label(), "learned(cfg,0.7)", "{}", route.model);
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

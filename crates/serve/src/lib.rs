@@ -4,7 +4,7 @@
 //! Clients point their OpenAI SDK at it instead of at vLLM, llama.cpp or llama-cpp-python. Each
 //! route maps a model name to an upstream (an OpenAI-compatible server, or the embedded engine)
 //! and a stop policy. The client's stream is the upstream's own stream, relayed chunk by chunk;
-//! every `interval` tokens the policy's [`Rule`](stopwise_core::policy::Rule) says whether it needs
+//! every `interval` tokens the policy's [`Rule`](stopwise_core::rules::Rule) says whether it needs
 //! the model's answer so far; only then does a probe ask for it (the stream never waits for it),
 //! and the rule decides.
 //! On stop, the upstream request is cancelled and the stream ends with the forced answer, the

@@ -4,7 +4,7 @@
 
 use serde::Deserialize;
 use serde_json::{Map, Value};
-use stopwise_core::policy::PolicySpec;
+use stopwise_core::rules::PolicySpec;
 use stopwise_engine::ChatMessage;
 
 use crate::error::ApiError;
@@ -225,12 +225,15 @@ fn parse_policy(value: Value) -> Result<PolicySpec, ApiError> {
         Value::String(text) => text,
         other => other.to_string(),
     };
-    // A certificate object works as well as a policy: clients may pass what `calibrate` wrote.
-    stopwise_core::certify::policy_from_text(&text).map_err(|e| ApiError::invalid("stopwise.policy", e.to_string()))
+    // A certificate object works as well as a policy: clients may pass what `calibrate` wrote. No
+    // file may be named: what the server reads is for its operator to decide.
+    PolicySpec::parse(&text).map_err(|e| ApiError::invalid("stopwise.policy", e.to_string()))
 }
 
 #[cfg(test)]
 mod tests {
+    use stopwise_core::rules::budget::Budget;
+
     use super::*;
 
     #[test]
@@ -240,7 +243,7 @@ mod tests {
         let req = ClientRequest::parse(Endpoint::Chat, body).unwrap();
         assert!(req.raw.contains_key("logit_bias") && !req.raw.contains_key("stopwise"));
         assert_eq!(req.stop, vec!["x".to_owned()]);
-        assert_eq!(req.extension.policy, Some(PolicySpec::Budget { max_tokens: 8 }));
+        assert_eq!(req.extension.policy, Some(Budget { max_tokens: 8 }.into()));
         assert!(req.stream);
     }
 
@@ -260,6 +263,28 @@ mod tests {
         );
         let err = ClientRequest::parse(Endpoint::Chat, b"{not json").unwrap_err();
         assert_eq!((err.status.as_u16(), err.param), (400, None));
+    }
+
+    #[test]
+    fn a_request_may_not_name_files() {
+        for policy in [
+            r#"{"type":"learned","model":"stopper.json","threshold":0.5}"#,
+            r#""type = \"learned\", model = \"/etc/stopper.json\", threshold = 0.5""#,
+        ] {
+            let body = format!(
+                r#"{{"model":"m","messages":[{{"role":"user","content":"x"}}],"stopwise":{{"policy":{policy}}}}}"#
+            );
+            let err = ClientRequest::parse(Endpoint::Chat, body.as_bytes()).unwrap_err();
+            assert_eq!((err.status.as_u16(), err.param.as_deref()), (400, Some("stopwise.policy")));
+            assert!(err.message.contains("may not name files"), "{}", err.message);
+        }
+        // Nor is a policy text looked up as a path on the server.
+        let body = br#"{"model":"m","messages":[{"role":"user","content":"x"}],"stopwise":{"policy":"/etc/passwd"}}"#;
+        let err = ClientRequest::parse(Endpoint::Chat, body).unwrap_err();
+        assert_eq!((err.status.as_u16(), err.param.as_deref()), (400, Some("stopwise.policy")));
+        // `never` is a bare name here too.
+        let body = br#"{"model":"m","messages":[{"role":"user","content":"x"}],"stopwise":{"policy":"never"}}"#;
+        assert_eq!(ClientRequest::parse(Endpoint::Chat, body).unwrap().extension.policy, Some(PolicySpec::NEVER));
     }
 
     #[test]

@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use serde_json::{json, Value};
 use stopwise_core::answer::{self, Task};
-use stopwise_core::policy::{Decision, PolicySpec, Rule};
+use stopwise_core::rules::{Decision, PolicySpec, Rule};
 use stopwise_core::trace::Checkpoint;
 use stopwise_engine::ProbeRequester;
 use tokio::sync::mpsc;
@@ -458,6 +458,8 @@ pub fn new_id() -> String {
 
 #[cfg(test)]
 mod tests {
+    use stopwise_core::rules::budget::Budget;
+    use stopwise_core::rules::consistency::Consistency;
     use stopwise_engine::{EventSender, RequestHandle};
 
     use super::*;
@@ -504,7 +506,7 @@ mod tests {
 
     #[test]
     fn a_budget_asks_the_engine_for_one_probe_at_its_limit() {
-        let (mut state, engine) = engine_state(PolicySpec::Budget { max_tokens: 40 });
+        let (mut state, engine) = engine_state(Budget { max_tokens: 40 }.into());
         generate_until(&mut state, 63);
         assert_eq!(engine.probe_wanted_at(), None, "the checkpoint at 32 needs no answer");
         generate_until(&mut state, 64);
@@ -521,7 +523,7 @@ mod tests {
 
     #[test]
     fn an_engine_probe_missing_at_the_next_checkpoint_is_given_up() {
-        let spec = PolicySpec::Consistency { window: 2, min_tokens: 0, hedge_filter: false };
+        let spec: PolicySpec = Consistency { window: 2, min_tokens: 0, hedge_filter: false }.into();
         let (mut state, engine) = engine_state(spec);
         generate_until(&mut state, 32);
         assert_eq!(engine.probe_wanted_at(), Some(32));
@@ -541,7 +543,7 @@ mod tests {
     #[test]
     fn no_probe_is_asked_for_beyond_the_limit() {
         // Answers that never repeat: the rule wants a probe at every checkpoint.
-        let spec = PolicySpec::Consistency { window: 2, min_tokens: 0, hedge_filter: false };
+        let spec: PolicySpec = Consistency { window: 2, min_tokens: 0, hedge_filter: false }.into();
         let (mut state, engine) = engine_state(spec);
         for (i, at) in [32, 64, 96].into_iter().enumerate() {
             generate_until(&mut state, at);

@@ -2,6 +2,7 @@
 //! without bound, and never receives a client's request somewhere it was not configured to go.
 //! Each upstream here is a real socket that sends exactly the bytes of the fault: the only way to
 //! produce these faults.
+#![allow(clippy::unwrap_used)] // helpers outside #[test] functions
 
 mod common;
 

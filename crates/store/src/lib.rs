@@ -116,7 +116,7 @@ impl Iterator for TraceReader {
 /// an error that names both places, and a file with no traces. Only the ids are kept, so files of
 /// any size stream.
 pub struct TraceFiles {
-    paths: std::vec::IntoIter<PathBuf>,
+    paths: std::collections::VecDeque<PathBuf>,
     current: Option<TraceReader>,
     /// Whether the current file has yielded a trace yet.
     current_has_traces: bool,
@@ -128,7 +128,7 @@ pub struct TraceFiles {
 impl TraceFiles {
     pub fn open(paths: &[PathBuf]) -> Self {
         TraceFiles {
-            paths: paths.to_vec().into_iter(),
+            paths: paths.iter().cloned().collect(),
             current: None,
             current_has_traces: false,
             seen: HashMap::new(),
@@ -149,7 +149,7 @@ impl Iterator for TraceFiles {
     fn next(&mut self) -> Option<Self::Item> {
         while !self.failed {
             let Some(reader) = self.current.as_mut() else {
-                let path = self.paths.next()?;
+                let path = self.paths.pop_front()?;
                 match TraceReader::open(&path) {
                     Ok(reader) => self.current = Some(reader),
                     Err(e) => return self.fail(e),
@@ -297,4 +297,31 @@ pub fn replace_file(path: &Path, fill: impl FnOnce(&mut dyn Write) -> io::Result
 /// [`replace_file`] with the whole content at hand.
 pub fn write_file(path: &Path, content: &[u8]) -> Result<(), StoreError> {
     replace_file(path, |out| out.write_all(content))
+}
+
+/// Largest policy, certificate or model file read: far above any real one (a learned model is a
+/// few hundred kilobytes), so `/dev/zero`-like inputs cannot exhaust memory.
+pub const MAX_POLICY_FILE_BYTES: u64 = 64 << 20;
+
+/// The text of the file at `path`, or `None` when there is no regular file there (a folder, a
+/// device, a FIFO: never read, so nothing hangs): how the CLI and the server let core's policy
+/// loader read the files a policy names (`stopwise_core::policy::Files`). A file over
+/// [`MAX_POLICY_FILE_BYTES`] is an error, not read.
+pub fn read_if_file(path: &Path) -> io::Result<Option<String>> {
+    let Ok(metadata) = std::fs::metadata(path) else { return Ok(None) };
+    if !metadata.is_file() {
+        return Ok(None);
+    }
+    let too_large = || {
+        io::Error::new(io::ErrorKind::InvalidData, format!("larger than the limit of {MAX_POLICY_FILE_BYTES} bytes"))
+    };
+    if metadata.len() > MAX_POLICY_FILE_BYTES {
+        return Err(too_large());
+    }
+    let mut text = String::new();
+    File::open(path)?.take(MAX_POLICY_FILE_BYTES + 1).read_to_string(&mut text)?;
+    if text.len() as u64 > MAX_POLICY_FILE_BYTES {
+        return Err(too_large());
+    }
+    Ok(Some(text))
 }
