@@ -43,6 +43,15 @@ pub fn presets() -> Vec<(&'static str, PolicySpec, &'static str)> {
     ]
 }
 
+/// At most the first 64 characters of `text`: an error quotes what it could not read, and that may
+/// be a whole file.
+fn shortened(text: &str) -> String {
+    match text.char_indices().nth(64) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_owned(),
+    }
+}
+
 /// ` (did you mean `x`?)` after a misspelt name, or nothing when no known name is close.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Suggestion(Option<String>);
@@ -166,8 +175,13 @@ pub fn load_file(path: &Path, files: &Files) -> Result<PolicySpec, PolicyError> 
 
 /// The policy in a file read from `path`: paths in it are relative to its folder, errors name it.
 fn load_read_file(path: &Path, content: &str, files: &Files) -> Result<PolicySpec, PolicyError> {
-    load_text(content, &files.beside(path))
-        .map_err(|e| PolicyError::InFile { path: path.display().to_string(), source: Box::new(e) })
+    // An empty file is what an interrupted write used to leave; say so, not "unknown preset ``".
+    let read = if content.trim().is_empty() {
+        Err(PolicyError::Syntax("the file is empty (a policy or a certificate was expected)".into()))
+    } else {
+        load_text(content, &files.beside(path))
+    };
+    read.map_err(|e| PolicyError::InFile { path: path.display().to_string(), source: Box::new(e) })
 }
 
 /// Reads a policy given as a value (a TOML table or JSON object): a spec or a certificate.
@@ -205,7 +219,7 @@ fn load_text(text: &str, files: &Files) -> Result<PolicySpec, PolicyError> {
         presets().into_iter().find(|(name, _, _)| *name == text).map(|(_, spec, _)| spec).ok_or_else(|| {
             let names: Vec<&str> = presets().iter().map(|p| p.0).chain(["never"]).collect();
             PolicyError::UnknownPreset {
-                name: text.to_owned(),
+                name: shortened(text),
                 known: names[..names.len() - 1].join(", "),
                 suggestion: Suggestion::closest(text, &names),
             }
@@ -430,5 +444,22 @@ mod tests {
         assert!(!err.contains("did you mean"), "nothing is close: {err}");
         let err = crate::rules::Family::parse("consistensy", &Files::none()).unwrap_err().to_string();
         assert!(err.contains("did you mean `consistency`?"), "{err}");
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_policy_is_named_not_printed() {
+        let garbage = "garbage ".repeat(10_000);
+        let reader = move |path: &Path| -> std::io::Result<Option<String>> {
+            Ok(match path.file_name().and_then(|n| n.to_str()) {
+                Some("empty.json") => Some(String::new()),
+                Some("garbage.json") => Some(garbage.clone()),
+                _ => None,
+            })
+        };
+        let files = Files::read_with(&reader, Path::new("/cfg"));
+        let err = load_file(Path::new("empty.json"), &files).unwrap_err().to_string();
+        assert!(err.contains("empty.json") && err.contains("is empty"), "{err}");
+        let err = load_file(Path::new("garbage.json"), &files).unwrap_err().to_string();
+        assert!(err.contains("garbage.json") && err.len() < 500, "{} bytes: {}", err.len(), &err[..200]);
     }
 }

@@ -649,4 +649,23 @@ policy_file = "models/policy.json"
         assert_eq!(route.upstream, Upstream::Http("http://h:8000/v1".into()));
         assert_eq!(route.limits().max_event_bytes, crate::sse::DEFAULT_MAX_EVENT_BYTES);
     }
+
+    #[test]
+    fn a_policy_file_that_is_a_device_or_a_fifo_is_refused_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("cert.fifo");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status().is_ok_and(|s| s.success());
+        let mut paths = vec![PathBuf::from("/dev/zero")];
+        if made {
+            paths.push(fifo);
+        }
+        for path in paths {
+            let file = dir.path().join("stopwise.toml");
+            let toml = format!("[[routes]]\nmodel = \"m\"\nupstream = \"embedded\"\npolicy_file = {:?}\n", path);
+            std::fs::write(&file, toml).unwrap();
+            // Reading either would never end: /dev/zero fills memory, a FIFO blocks start-up.
+            let err = Config::load(&file).unwrap().resolve(&Overrides::default(), no_env).unwrap_err().to_string();
+            assert!(err.contains("routes[0].policy_file") && err.contains(&path.display().to_string()), "{err}");
+        }
+    }
 }
