@@ -4,6 +4,7 @@ mod bench;
 mod calibrate;
 mod dataset;
 mod learn;
+mod model;
 mod record;
 mod report;
 
@@ -19,7 +20,7 @@ use stopwise_core::policy::PolicySpec;
 use stopwise_core::replay::{replay, Tally, TraceFacts};
 use stopwise_core::sweep::{pareto_frontier, Family, Sweep, SweepReport};
 use stopwise_core::trace::ProbeSettings;
-use stopwise_engine::{fetch_default_model, resolve_model, LlamaConfig, LlamaEngine};
+use stopwise_engine::{resolve_model, LlamaConfig, LlamaEngine};
 use stopwise_store::TraceReader;
 
 use crate::report::Row;
@@ -41,7 +42,8 @@ enum Command {
         limit: usize,
         #[arg(long, default_value = "stopwise-demo")]
         out_dir: PathBuf,
-        #[arg(long)]
+        /// Model name (see `stopwise model list`) or GGUF file (default: smollm2-135m).
+        #[arg(long, value_name = "NAME|FILE")]
         model: Option<PathBuf>,
         #[arg(long)]
         json: bool,
@@ -86,7 +88,8 @@ enum Command {
         threads: Option<u32>,
         #[arg(long)]
         system_prompt: Option<String>,
-        #[arg(long)]
+        /// Model name (see `stopwise model list`) or GGUF file (default: smollm2-135m).
+        #[arg(long, value_name = "NAME|FILE")]
         model: Option<PathBuf>,
         /// Also store the reasoning text and each checkpoint's offset into it (for `export-sft`).
         #[arg(long)]
@@ -191,6 +194,10 @@ enum Command {
         /// Policy of the route(s): preset, JSON or `key = value` list.
         #[arg(long)]
         policy: Option<String>,
+        /// Model name (see `stopwise model list`) or GGUF file of the embedded engine; wins over
+        /// the config file's `[engine] model` (default: smollm2-135m).
+        #[arg(long, value_name = "NAME|FILE")]
+        model: Option<PathBuf>,
     },
     /// Sweep rule families over thresholds; print the table and Pareto frontier.
     #[command(
@@ -297,8 +304,20 @@ enum BenchAction {
 
 #[derive(Subcommand)]
 enum ModelAction {
-    /// Download the default model (SmolLM2-135M-Instruct Q4_1) and verify its hash.
+    /// Download a model of the catalog (by default SmolLM2-135M-Instruct Q4_1) and verify its hash;
+    /// does nothing when it is already there and intact.
+    #[command(after_help = "Examples:\n  stopwise model fetch\n  stopwise model fetch qwen2.5-coder-1.5b")]
     Fetch {
+        /// Model to download (see `stopwise model list`).
+        #[arg(default_value = stopwise_engine::DEFAULT_MODEL)]
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the models `fetch` can download, their size and whether they are fetched.
+    #[command(after_help = "Example:\n  stopwise model list")]
+    List {
+        /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
@@ -372,8 +391,9 @@ fn run(cli: Cli) -> Result<()> {
             }
             print_rows(&rows, json)
         }
-        Command::Model { action: ModelAction::Fetch { json } } => {
-            let path = fetch_default_model(|msg| eprintln!("{msg}"))?;
+        Command::Model { action: ModelAction::List { json } } => model::list(json),
+        Command::Model { action: ModelAction::Fetch { name, json } } => {
+            let path = model::fetch(&name)?;
             if json {
                 println!("{}", json!({"model": path}));
             } else {
@@ -432,12 +452,12 @@ fn run(cli: Cli) -> Result<()> {
         Command::Demo { limit, out_dir, model, json } => demo(limit, &out_dir, model.as_deref(), json),
         Command::Train(args) => learn::train_command(&args),
         Command::ExportSft(args) => learn::export_sft_command(&args),
-        Command::Serve { config, listen, upstream, model_name, policy } => {
+        Command::Serve { config, listen, upstream, model_name, policy, model } => {
             let file = match &config {
                 Some(path) => stopwise_serve::Config::load(path)?,
                 None => stopwise_serve::Config::default(),
             };
-            let overrides = stopwise_serve::Overrides { listen, upstream, model_name, policy };
+            let overrides = stopwise_serve::Overrides { listen, upstream, model_name, policy, model };
             let settings = file.resolve(&overrides, |var| std::env::var(var).ok())?;
             serve(&settings)
         }
@@ -575,10 +595,7 @@ fn print_rows(rows: &[Row], json: bool) -> Result<()> {
 
 fn demo(limit: usize, out_dir: &Path, model: Option<&Path>, json: bool) -> Result<()> {
     let started = std::time::Instant::now();
-    let model = match model {
-        Some(m) => m.to_owned(),
-        None => resolve_model(None).or_else(|_| fetch_default_model(|msg| eprintln!("{msg}")))?,
-    };
+    let model = model::resolve_or_fetch_default(model)?;
     let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/samples/gsm8k_sample.jsonl");
     let (format, mut items) = dataset::read(&sample, Some(dataset::Format::Gsm8k))?;
     items.truncate(limit);
