@@ -20,7 +20,7 @@ use stopwise_core::policy::PolicySpec;
 use stopwise_core::replay::{replay, Tally, TraceFacts};
 use stopwise_core::sweep::{pareto_frontier, Family, Sweep, SweepReport};
 use stopwise_core::trace::ProbeSettings;
-use stopwise_engine::{resolve_model, LlamaConfig, LlamaEngine};
+use stopwise_engine::{resolve_model, Engine, LlamaConfig, LlamaEngine};
 use stopwise_store::TraceReader;
 
 use crate::report::Row;
@@ -615,7 +615,8 @@ fn demo(limit: usize, out_dir: &Path, model: Option<&Path>, json: bool) -> Resul
     record::record(&engine, &items, &settings)?;
     let presets = calibrate::peers();
     let (sweep, rows) = evaluate(std::slice::from_ref(&traces), &Family::DEFAULTS, 16, &presets)?;
-    let html = report::write_html(out_dir, "stopwise demo (GSM8K sample, SmolLM2-135M)", &rows, &sweep.oracle)?;
+    let title = format!("stopwise demo (GSM8K sample, {})", engine.model_name());
+    let html = report::write_html(out_dir, &title, &rows, &sweep.oracle)?;
     print_rows(&rows, json)?;
     eprintln!("report: {}\nwall time: {:.0} s", html.display(), started.elapsed().as_secs_f64());
     Ok(())

