@@ -65,7 +65,10 @@ fn an_unknown_model_name_is_refused_with_the_names() {
         out.to_str().unwrap(),
     ];
     let serve = ["serve", "--listen", "127.0.0.1:0", "--model", "qwen-9000"];
-    for args in [&run[..], &serve[..]] {
+    let config = home.join("stopwise.toml");
+    std::fs::write(&config, "[engine]\nmodel = \"qwen-9000\"\n").unwrap();
+    let serve_config = ["serve", "--listen", "127.0.0.1:0", "--config", config.to_str().unwrap()];
+    for args in [&run[..], &serve[..], &serve_config[..]] {
         let (code, _, stderr) = stopwise_at(&home, args);
         assert_eq!(code, 2, "{args:?}: {stderr}");
         assert!(stderr.contains("`qwen-9000` is neither a model file nor a model name"), "{stderr}");
