@@ -157,6 +157,13 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/admin/capabilities", get(admin_capabilities))
         .route("/openapi.json", get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }))
         .fallback(|| async { ApiError { status: StatusCode::NOT_FOUND, ..ApiError::bad_json("no such endpoint") } })
+        // axum's own 405 has an empty body; clients parse an OpenAI error object.
+        .method_not_allowed_fallback(|| async {
+            ApiError {
+                status: StatusCode::METHOD_NOT_ALLOWED,
+                ..ApiError::bad_json("this endpoint does not take that method")
+            }
+        })
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
 }

@@ -184,3 +184,13 @@ async fn a_failed_probe_reports_its_status_without_the_body_the_upstream_echoed(
     assert!(error.contains("400"), "{error}");
     assert!(!error.contains("SECRET"), "the upstream's body is not in the error: {error}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_method_gets_an_openai_shaped_405() {
+    let upstream = raw_upstream(SSE_HEAD.into(), Tail::Silent).await;
+    let base = start(&route(&upstream, "\"never\"", ""), None);
+    let response = reqwest::Client::new().get(format!("{base}/v1/chat/completions")).send().await.unwrap();
+    assert_eq!(response.status(), 405);
+    let body: Value = response.json().await.unwrap();
+    assert!(body["error"]["message"].as_str().is_some_and(|m| m.contains("method")), "{body}");
+}
