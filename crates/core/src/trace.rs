@@ -11,6 +11,11 @@ use crate::answer::Task;
 /// The only trace format version this build reads and writes.
 pub const TRACE_VERSION: u32 = 1;
 
+/// Largest probe interval a trace may declare: far beyond any context window, and small enough
+/// that interval multiples on the sweeps' grids (up to thousands of thresholds) stay far from
+/// overflowing a token count.
+pub const MAX_PROBE_INTERVAL: u32 = 1 << 20;
+
 /// Largest line accepted by [`parse_line`]; a trace line is a few KiB, a longer one is corrupt.
 pub const MAX_LINE_BYTES: usize = 4 * 1024 * 1024;
 
@@ -171,8 +176,8 @@ impl Trace {
         if self.id.is_empty() {
             return Err(invalid("id", "must not be empty".into()));
         }
-        if self.probe.interval == 0 {
-            return Err(invalid("probe.interval", "must be at least 1".into()));
+        if self.probe.interval == 0 || self.probe.interval > MAX_PROBE_INTERVAL {
+            return Err(invalid("probe.interval", format!("must be between 1 and {MAX_PROBE_INTERVAL}")));
         }
         let mut previous = 0;
         for (i, c) in self.checkpoints.iter().enumerate() {
@@ -311,6 +316,15 @@ pub(crate) mod tests {
         let line = sample().to_line();
         let cut = &line[..line.len() / 2];
         assert!(matches!(parse_line(cut), Err(TraceError::Json(m)) if m.contains("EOF")));
+    }
+
+    #[test]
+    fn a_probe_interval_out_of_range_is_refused() {
+        for interval in [0, MAX_PROBE_INTERVAL + 1, 1 << 27] {
+            let line = sample().to_line().replace("\"interval\":32", &format!("\"interval\":{interval}"));
+            let err = parse_line(&line).unwrap_err().to_string();
+            assert!(err.contains("probe.interval"), "{interval}: {err}");
+        }
     }
 
     #[test]

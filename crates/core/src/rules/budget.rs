@@ -60,8 +60,11 @@ impl SweepFamily for BudgetFamily {
         Budget { max_tokens: threshold as u32 }
     }
 
+    /// Multiples of the probe interval; the grid ends before a multiple would overflow a token
+    /// count (a wrapped multiple used to put `budget(0)` on the grid, and calibrate certified it).
     fn grid(&self, n: usize, probe_interval: u32) -> Vec<f64> {
-        (1..=n as u32).map(|k| f64::from(k * probe_interval.max(1))).collect()
+        let interval = probe_interval.max(1);
+        (1..=u32::try_from(n).unwrap_or(u32::MAX)).map_while(|k| k.checked_mul(interval)).map(f64::from).collect()
     }
 
     fn charge(&self) -> ProbeCharge {
@@ -85,5 +88,13 @@ mod tests {
         assert_eq!(first_stop(&budget(64), &cps), Some(1));
         assert_eq!(first_stop(&budget(65), &cps), Some(2));
         assert_eq!(first_stop(&budget(1000), &cps), None);
+    }
+
+    #[test]
+    fn the_grid_never_wraps_around_to_a_zero_budget() {
+        let grid = BudgetFamily {}.grid(64, 1 << 27);
+        assert!(!grid.is_empty() && grid.len() < 64, "{}", grid.len());
+        assert!(grid.windows(2).all(|w| w[0] < w[1]) && grid[0] > 0.0, "{grid:?}");
+        assert_eq!(BudgetFamily {}.grid(4, 32), [32.0, 64.0, 96.0, 128.0]);
     }
 }
