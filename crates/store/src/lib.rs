@@ -212,7 +212,7 @@ pub fn recorded_ids(path: &Path) -> Result<HashSet<String>, StoreError> {
         Err(source) => return Err(StoreError::Io { path: path.to_owned(), source }),
     };
     let complete = bytes[..complete_length(&bytes)].to_vec();
-    let mut ids = HashSet::new();
+    // Each id with the line it was first read on, to name both lines of a duplicate.
     let mut seen: HashMap<String, u64> = HashMap::new();
     let mut reader = TraceReader::from_reader(path, io::Cursor::new(complete));
     while let Some(item) = reader.next() {
@@ -226,10 +226,9 @@ pub fn recorded_ids(path: &Path) -> Result<HashSet<String>, StoreError> {
                 first_line,
             });
         }
-        seen.insert(trace.id.clone(), reader.line());
-        ids.insert(trace.id);
+        seen.insert(trace.id, reader.line());
     }
-    Ok(ids)
+    Ok(seen.into_keys().collect())
 }
 
 /// Appends traces to a plain JSONL file, each as one complete line in a single write.
