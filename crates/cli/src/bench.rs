@@ -54,6 +54,7 @@ fn synthetic(rng: &mut SplitMix64, index: usize, checkpoints: u32) -> Trace {
             text: None,
             text_offsets: Vec::new(),
         },
+        served: None,
         checkpoints,
     }
 }

@@ -7,10 +7,9 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use stopwise_core::answer::{self, Task};
-use stopwise_core::trace::{Checkpoint, Final, ProbeSettings, Trace, TRACE_VERSION};
-use stopwise_engine::{
-    ChatMessage, Engine, Event, FinishReason, ProbePlan, ProbeTrigger, Prompt, Request, RequestHandle, Sampling,
-};
+use stopwise_core::recorder::{Ending, ProbeReading, Recorder, TraceHead};
+use stopwise_core::trace::{ProbeSettings, Trace};
+use stopwise_engine::{ChatMessage, Engine, Event, ProbePlan, ProbeTrigger, Prompt, Request, RequestHandle, Sampling};
 use stopwise_store::{recorded_ids, TraceWriter};
 
 use crate::dataset::Item;
@@ -86,62 +85,40 @@ fn request_for(item: &Item, settings: &RecordSettings) -> Request {
 
 /// Drains one request's events into a trace.
 fn collect(model: &str, item: &Item, handle: &mut RequestHandle, settings: &RecordSettings) -> Result<Trace> {
-    let task = settings.task;
+    let mut recorder = Recorder::new(settings.task);
     let mut prompt_tokens = 0;
     let mut text = String::new();
-    let mut checkpoints = Vec::new();
-    let mut text_offsets = Vec::new();
-    let (mut segment_tokens, mut logprob_sum, mut entropy_sum) = (0u32, 0f64, 0f64);
     while let Some(event) = handle.next_blocking() {
         match event {
             Event::Started { prompt_tokens: n } => prompt_tokens = n,
             Event::Token { text: piece, logprob, entropy } => {
                 text.push_str(&piece);
-                segment_tokens += 1;
-                logprob_sum += f64::from(logprob);
-                entropy_sum += f64::from(entropy);
+                recorder.generated(1, Some(f64::from(logprob)), Some(f64::from(entropy)));
             }
-            Event::Probe { after_tokens, text: probe_text, tokens: answer_tokens, mean_prob, min_prob } => {
-                let n = f64::from(segment_tokens.max(1));
-                text_offsets.push(u32::try_from(text.len()).context("reasoning text longer than 4 GiB")?);
-                checkpoints.push(Checkpoint {
-                    tokens: after_tokens,
-                    answer: answer::extract(task, &probe_text),
-                    probe_text,
-                    answer_tokens,
-                    mean_prob,
-                    min_prob,
-                    segment_logprob: (logprob_sum / n).min(0.0) as f32,
-                    segment_entropy: (entropy_sum / n).max(0.0) as f32,
-                });
-                (segment_tokens, logprob_sum, entropy_sum) = (0, 0.0, 0.0);
+            Event::Probe { text: probe_text, tokens: answer_tokens, mean_prob, min_prob, .. } => {
+                // The engine probes between two tokens, where the recorder's count already is.
+                let checkpoint = recorder.checkpoint();
+                let reading = ProbeReading { text: probe_text, answer_tokens, mean_prob, min_prob };
+                recorder.keep(recorder.answered(checkpoint, reading), text.len());
             }
             Event::Done { finish_reason, completion_tokens } => {
-                let finish = match finish_reason {
-                    FinishReason::Stop => "stop",
-                    FinishReason::Length => "length",
-                };
-                let trace = Trace {
-                    v: TRACE_VERSION,
+                let head = TraceHead {
                     id: item.id.clone(),
                     dataset: settings.dataset_name.clone(),
-                    task,
                     question: Some(item.question.clone()),
                     gold: item.gold.clone(),
                     model: model.to_owned(),
                     prompt_tokens,
                     probe: settings.probe.clone(),
-                    checkpoints,
-                    final_: Final {
-                        tokens: completion_tokens,
-                        answer: answer::extract(task, &text),
-                        finish_reason: finish.into(),
-                        text_offsets: if settings.keep_text { text_offsets } else { Vec::new() },
-                        text: settings.keep_text.then_some(text),
-                    },
+                    served: None,
                 };
-                trace.validate().context("the engine produced an invalid trace")?;
-                return Ok(trace);
+                let ending = Ending {
+                    tokens: completion_tokens,
+                    text,
+                    finish_reason: finish_reason.as_str().into(),
+                    keep_text: settings.keep_text,
+                };
+                return recorder.finish(head, ending).context("the engine produced an invalid trace");
             }
             Event::Error(message) => bail!("engine error: {message}"),
         }

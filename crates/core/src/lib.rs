@@ -12,6 +12,7 @@ pub mod certify;
 pub mod features;
 pub mod learned;
 pub mod policy;
+pub mod recorder;
 pub mod replay;
 pub mod rng;
 pub mod rules;
@@ -19,4 +20,4 @@ pub mod sweep;
 pub mod trace;
 
 pub use answer::Task;
-pub use trace::{Checkpoint, Final, ProbeSettings, Trace, TraceError};
+pub use trace::{Checkpoint, Final, ProbeSettings, Served, Trace, TraceError};

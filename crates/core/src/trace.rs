@@ -40,6 +40,38 @@ pub struct Trace {
     pub checkpoints: Vec<Checkpoint>,
     #[serde(rename = "final")]
     pub final_: Final,
+    /// How `stopwise serve` served the request, for a trace of production traffic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub served: Option<Served>,
+}
+
+/// What a served request was and what stopping did to it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Served {
+    /// The route (client-facing model name) that served it.
+    pub route: String,
+    /// The response id the client received, which feedback names.
+    pub response_id: String,
+    /// The policy's label and version ([`crate::rules::PolicySpec::version`]) that served it.
+    pub policy: String,
+    pub policy_version: String,
+    /// When the request arrived, milliseconds since the Unix epoch, and how long it took.
+    pub started_ms: u64,
+    pub duration_ms: u64,
+    /// Where the rule stopped the stream (generated tokens at its checkpoint), if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped_at: Option<u32>,
+    /// Completion tokens the client received, forced answer included.
+    pub delivered_tokens: u32,
+    /// Whether the trace is a full run probed at every checkpoint, as `stopwise run` records:
+    /// only such a trace can replay any rule (one stopped early, or whose rule skipped probes,
+    /// says nothing about what later checkpoints would have answered).
+    pub complete: bool,
+    /// Whether this is an audit: the same request run to its natural end after the client had
+    /// its answer, probed at every checkpoint.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub audit: bool,
 }
 
 /// How probes were taken during the run.
@@ -71,10 +103,32 @@ pub struct Checkpoint {
     pub mean_prob: f32,
     /// Smallest probability among the probe's tokens.
     pub min_prob: f32,
-    /// Mean log-probability of the run's generated tokens since the previous checkpoint.
+    /// Mean log-probability of the run's generated tokens since the previous checkpoint;
+    /// `-inf` (written `null`) when the upstream did not report log-probs.
+    #[serde(serialize_with = "finite_or_null", deserialize_with = "null_is_neg_infinity")]
     pub segment_logprob: f32,
-    /// Mean entropy (nats) of the run's next-token distributions since the previous checkpoint.
+    /// Mean entropy (nats) of the run's next-token distributions since the previous checkpoint;
+    /// `+inf` (written `null`) when unknown.
+    #[serde(serialize_with = "finite_or_null", deserialize_with = "null_is_infinity")]
     pub segment_entropy: f32,
+}
+
+/// Unknown segment statistics are infinite in memory, where they can never look confident, and
+/// `null` in JSON, which has no infinity.
+fn finite_or_null<S: serde::Serializer>(value: &f32, serializer: S) -> Result<S::Ok, S::Error> {
+    if value.is_finite() {
+        serializer.serialize_f32(*value)
+    } else {
+        serializer.serialize_none()
+    }
+}
+
+fn null_is_neg_infinity<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<f32, D::Error> {
+    Ok(Option::<f32>::deserialize(deserializer)?.unwrap_or(f32::NEG_INFINITY))
+}
+
+fn null_is_infinity<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<f32, D::Error> {
+    Ok(Option::<f32>::deserialize(deserializer)?.unwrap_or(f32::INFINITY))
 }
 
 impl Checkpoint {
@@ -290,7 +344,36 @@ pub(crate) mod tests {
                 text: None,
                 text_offsets: Vec::new(),
             },
+            served: None,
         }
+    }
+
+    #[test]
+    fn unknown_segment_statistics_round_trip_as_null() {
+        let mut t = sample();
+        t.checkpoints[0].segment_logprob = f32::NEG_INFINITY;
+        t.checkpoints[0].segment_entropy = f32::INFINITY;
+        let line = t.to_line();
+        assert!(line.contains(r#""segment_logprob":null,"segment_entropy":null"#), "{line}");
+        assert_eq!(parse_line(&line), Ok(t));
+    }
+
+    #[test]
+    fn a_served_trace_round_trips() {
+        let mut t = sample();
+        t.served = Some(Served {
+            route: "smol".into(),
+            response_id: "chatcmpl-1".into(),
+            policy: "consistency(2)".into(),
+            policy_version: "00ff".into(),
+            started_ms: 1,
+            duration_ms: 2,
+            stopped_at: Some(64),
+            delivered_tokens: 66,
+            complete: false,
+            audit: false,
+        });
+        assert_eq!(parse_line(&t.to_line()), Ok(t));
     }
 
     #[test]

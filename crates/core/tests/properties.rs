@@ -58,6 +58,7 @@ fn trace_strategy() -> impl Strategy<Value = Trace> {
                     text: None,
                     text_offsets: Vec::new(),
                 },
+                served: None,
             }
         },
     )

@@ -145,6 +145,16 @@ pub enum FinishReason {
     Length,
 }
 
+impl FinishReason {
+    /// The OpenAI API's name for it, which traces use too.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+        }
+    }
+}
+
 /// What a request reports, in order: `Started`, then `Token`s and `Probe`s, then `Done` or `Error`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {

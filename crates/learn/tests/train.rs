@@ -51,6 +51,7 @@ fn synthetic(n: usize, seed: u64) -> Vec<TraceRows> {
                     text: None,
                     text_offsets: Vec::new(),
                 },
+                served: None,
                 checkpoints,
             };
             trace.validate().unwrap();

@@ -4,7 +4,7 @@
 
 use serde_json::Value;
 use stopwise_engine::{
-    Engine, EngineError, Event, FinishReason, ProbePlan, ProbeTrigger, Prompt, Request, RequestHandle, Sampling,
+    Engine, EngineError, Event, ProbePlan, ProbeTrigger, Prompt, Request, RequestHandle, Sampling,
 };
 use tokio::sync::mpsc;
 
@@ -99,12 +99,7 @@ pub async fn produce(mut handle: RequestHandle, endpoint: Endpoint, model: Strin
                 prompt_tokens: None,
                 completion_tokens: tokens,
             }),
-            Event::Done { finish_reason, .. } => Piece::Finished {
-                finish_reason: match finish_reason {
-                    FinishReason::Stop => "stop",
-                    FinishReason::Length => "length",
-                },
-            },
+            Event::Done { finish_reason, .. } => Piece::Finished { finish_reason: finish_reason.as_str() },
             Event::Error(message) => Piece::Failed(ApiError::internal(format!("engine error: {message}"))),
         };
         if tx.send(piece).await.is_err() {
