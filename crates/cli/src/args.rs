@@ -3,6 +3,8 @@
 
 use std::path::PathBuf;
 
+use crate::sources::StoreFilter;
+
 use clap::{Parser, Subcommand};
 use stopwise_core::answer::Task;
 use stopwise_core::certify::{Method, PValue, Risk, Settings};
@@ -129,9 +131,11 @@ pub enum Command {
         after_help = "Examples:\n  stopwise replay --traces data/traces/gsm8k.jsonl --rule dynasor-cot\n  stopwise replay --traces t.jsonl --rule '{\"type\":\"budget\",\"max_tokens\":256}'"
     )]
     Replay {
-        /// Trace file (JSONL, optionally .gz/.zst).
+        /// Trace file (JSONL, optionally .gz/.zst), or a trace store (sqlite://PATH, postgres://…).
         #[arg(long)]
         traces: PathBuf,
+        #[command(flatten)]
+        filter: StoreFilter,
         /// The rule: a preset name, `never`, JSON, a `key = value` list, or a certificate file.
         #[arg(long)]
         rule: String,
@@ -186,9 +190,11 @@ pub enum Command {
         after_help = "Example:\n  stopwise report --traces data/traces/gsm8k.jsonl --certificate cert.json --out report"
     )]
     Report {
-        /// Trace files (repeatable).
+        /// Trace files or stores (repeatable).
         #[arg(long = "traces", required = true)]
         traces: Vec<PathBuf>,
+        #[command(flatten)]
+        filter: StoreFilter,
         /// A certificate from `stopwise calibrate`, drawn as the certified point.
         #[arg(long)]
         certificate: Option<PathBuf>,
@@ -230,9 +236,11 @@ pub enum Command {
         after_help = "Example:\n  stopwise sweep --traces data/traces/gsm8k.jsonl --rule consistency --rule confidence --thresholds 32"
     )]
     Sweep {
-        /// Trace file (JSONL, optionally .gz/.zst).
+        /// Trace file (JSONL, optionally .gz/.zst), or a trace store (sqlite://PATH, postgres://…).
         #[arg(long)]
         traces: PathBuf,
+        #[command(flatten)]
+        filter: StoreFilter,
         #[arg(long = "rule", help = format!("Families: {} (default: every hand-rule family)", Family::usage()))]
         rules: Vec<String>,
         /// Thresholds per family grid.
@@ -254,6 +262,26 @@ pub enum Command {
     /// but the full answer right -> the full answer) from traces recorded with `run --keep-text`.
     #[command(after_help = "Example:\n  stopwise export-sft --traces traces-with-text.jsonl --out sft.jsonl")]
     ExportSft(learn::ExportSftArgs),
+    /// Write a trace store's traces, feedback joined as gold, to a file.
+    #[command(
+        after_help = "Examples:\n  stopwise export --store sqlite://$HOME/.cache/stopwise/stopwise.db --out served.jsonl\n  stopwise export --store postgres://sw@db/sw --route qwen --last 500 --complete-only --out window.jsonl"
+    )]
+    Export {
+        /// The store: sqlite://PATH or postgres://USER:PASSWORD@HOST/DB.
+        #[arg(long)]
+        store: String,
+        #[command(flatten)]
+        filter: StoreFilter,
+        /// Only traces that can replay any rule (audits, full runs probed at every checkpoint).
+        #[arg(long)]
+        complete_only: bool,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "jsonl")]
+        format: ExportFormat,
+        /// File to write (replaced atomically).
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Print a shell completion script.
     #[command(
         after_help = "Examples:\n  stopwise completions bash > ~/.local/share/bash-completion/completions/stopwise\n  stopwise completions zsh > ~/.zfunc/_stopwise"
@@ -274,9 +302,11 @@ pub enum Command {
 /// What `calibrate` and `validate` share.
 #[derive(clap::Args)]
 pub struct CertifyOptions {
-    /// Trace files (repeatable; ids must be unique across files).
+    /// Trace files or stores (sqlite://PATH, postgres://…; repeatable; ids unique across files).
     #[arg(long = "traces", required = true)]
     pub traces: Vec<PathBuf>,
+    #[command(flatten)]
+    pub filter: StoreFilter,
     /// Allowed failure probability: the guarantee holds with probability at least 1 - delta.
     #[arg(long, default_value_t = 0.05)]
     pub delta: f64,
@@ -313,6 +343,13 @@ impl CertifyOptions {
     pub fn limits(&self) -> Limits {
         Limits { max_probes: self.max_probes }
     }
+}
+
+/// What `export` writes.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum ExportFormat {
+    /// Trace format v1, one trace per line (what every command reads).
+    Jsonl,
 }
 
 #[derive(Subcommand)]

@@ -7,6 +7,7 @@
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
+use crate::sources::StoreFilter;
 use anyhow::{bail, Context, Result};
 use stopwise_core::certify::{
     certify, validate, Candidates, Certificate, Certification, OutcomeTable, Risk, Settings, Validation,
@@ -15,14 +16,13 @@ use stopwise_core::policy::{self, presets, Files};
 use stopwise_core::replay::Limits;
 use stopwise_core::rules::{Family, PolicySpec};
 use stopwise_core::trace::Trace;
-use stopwise_store::TraceFiles;
 
-/// The traces of several files, in order; ids must be unique across files.
-pub fn load_traces(paths: &[PathBuf]) -> Result<Vec<Trace>> {
+/// The traces of several files or stores, in order; ids must be unique across files.
+pub fn load_traces(paths: &[PathBuf], filter: &StoreFilter) -> Result<Vec<Trace>> {
     if paths.is_empty() {
         bail!("no trace file given: pass --traces FILE (repeatable)");
     }
-    Ok(TraceFiles::open(paths).collect::<Result<_, _>>()?)
+    crate::sources::open(paths, filter).collect()
 }
 
 /// Candidate groups from `--rule` values: a family name (swept over its grid) or a preset name
@@ -57,6 +57,7 @@ pub fn peers() -> Vec<(String, PolicySpec)> {
 
 pub struct CalibrateArgs {
     pub traces: Vec<PathBuf>,
+    pub filter: StoreFilter,
     pub settings: Settings,
     pub rules: Vec<String>,
     pub thresholds: usize,
@@ -66,7 +67,7 @@ pub struct CalibrateArgs {
 }
 
 pub fn calibrate(args: &CalibrateArgs) -> Result<()> {
-    let traces = load_traces(&args.traces)?;
+    let traces = load_traces(&args.traces, &args.filter)?;
     let candidates = candidates(&args.rules)?;
     let table = OutcomeTable::build(&traces, &candidates, &[], args.thresholds, args.limits);
     let items: Vec<usize> = (0..table.items()).collect();
@@ -158,6 +159,7 @@ fn candidate_table(result: &Certification) -> String {
 
 pub struct ValidateArgs {
     pub traces: Vec<PathBuf>,
+    pub filter: StoreFilter,
     pub settings: Settings,
     pub epsilons: Vec<f64>,
     pub rules: Vec<String>,
@@ -170,7 +172,7 @@ pub struct ValidateArgs {
 }
 
 pub fn validate_command(args: &ValidateArgs) -> Result<()> {
-    let traces = load_traces(&args.traces)?;
+    let traces = load_traces(&args.traces, &args.filter)?;
     let table = OutcomeTable::build(&traces, &candidates(&args.rules)?, &peers(), args.thresholds, args.limits);
     let epsilons = if args.epsilons.is_empty() { vec![args.settings.epsilon] } else { args.epsilons.clone() };
     let results = epsilons

@@ -24,7 +24,6 @@ use stopwise_core::sweep::{Sweep, SweepReport};
 use stopwise_core::trace::Trace;
 use stopwise_learn::search::{self, Metric, Strategy};
 use stopwise_learn::{train, Label, Loss, Schedule, TraceRows, TrainConfig};
-use stopwise_store::TraceFiles;
 
 use crate::record::default_system_prompt;
 use crate::report::{self, Row};
@@ -126,7 +125,7 @@ pub struct ExportSftArgs {
 }
 
 fn read_traces(paths: &[PathBuf]) -> Result<Vec<Trace>> {
-    Ok(TraceFiles::open(paths).collect::<Result<_, _>>()?)
+    crate::sources::open(paths, &Default::default()).collect()
 }
 
 /// Whether a trace is in the test split: decided by its id alone, so a trace file that grows

@@ -9,6 +9,7 @@ mod learn;
 mod model;
 mod record;
 mod report;
+mod sources;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -23,7 +24,6 @@ use stopwise_core::rules::{Family, PolicySpec};
 use stopwise_core::sweep::{pareto_frontier, Sweep, SweepReport};
 use stopwise_core::trace::ProbeSettings;
 use stopwise_engine::{resolve_model, Engine, LlamaConfig, LlamaEngine};
-use stopwise_store::TraceFiles;
 
 use crate::args::{BenchAction, Cli, Command, ModelAction};
 use crate::report::Row;
@@ -60,6 +60,7 @@ fn run(cli: Cli) -> Result<()> {
             settings: certify.settings(epsilon),
             limits: certify.limits(),
             traces: certify.traces,
+            filter: certify.filter,
             rules: certify.rules,
             thresholds: certify.thresholds,
             out,
@@ -71,6 +72,7 @@ fn run(cli: Cli) -> Result<()> {
                 limits: certify.limits(),
                 epsilons,
                 traces: certify.traces,
+                filter: certify.filter,
                 rules: certify.rules,
                 thresholds: certify.thresholds,
                 splits,
@@ -79,19 +81,24 @@ fn run(cli: Cli) -> Result<()> {
                 json,
             })
         }
-        Command::Report { traces, certificate, thresholds, out } => {
-            report_command(&traces, certificate.as_deref(), thresholds, &out)
+        Command::Report { traces, filter, certificate, thresholds, out } => {
+            report_command(&traces, &filter, certificate.as_deref(), thresholds, &out)
         }
-        Command::Replay { traces, rule, json } => {
+        Command::Replay { traces, filter, rule, json } => {
             let spec = calibrate::policy_argument(&rule)?;
-            let (_, rows) = evaluate(std::slice::from_ref(&traces), &[], 0, &[(spec.label(), spec)])?;
+            let (_, rows) = evaluate(std::slice::from_ref(&traces), &filter, &[], 0, &[(spec.label(), spec)])?;
             print_rows(&rows, json)
         }
-        Command::Sweep { traces, rules, thresholds, report, json } => {
+        Command::Export { store, filter, complete_only, format: args::ExportFormat::Jsonl, out } => {
+            let written = export(&store, &filter, complete_only, &out)?;
+            eprintln!("exported {written} traces into {}", out.display());
+            Ok(())
+        }
+        Command::Sweep { traces, filter, rules, thresholds, report, json } => {
             let families = rules.iter().map(|r| calibrate::parse_family(r)).collect::<Result<Vec<_>>>()?;
             let families = if families.is_empty() { Family::defaults() } else { families };
             let presets = calibrate::peers();
-            let (sweep, rows) = evaluate(std::slice::from_ref(&traces), &families, thresholds, &presets)?;
+            let (sweep, rows) = evaluate(std::slice::from_ref(&traces), &filter, &families, thresholds, &presets)?;
             if let Some(dir) = report {
                 let path = report::write_html(&dir, "stopwise sweep", &rows, &sweep.oracle)?;
                 eprintln!("report: {}", path.display());
@@ -233,6 +240,7 @@ fn load_engine(
 /// Replays `named` rules and sweeps `families` over trace files in one streaming pass.
 fn evaluate(
     paths: &[PathBuf],
+    filter: &sources::StoreFilter,
     families: &[Family],
     thresholds: usize,
     named: &[(String, PolicySpec)],
@@ -240,7 +248,7 @@ fn evaluate(
     let mut sweep: Option<Sweep> = None;
     let mut tallies = vec![Tally::default(); named.len()];
     let mut count = 0usize;
-    for trace in TraceFiles::open(paths) {
+    for trace in sources::open(paths, filter) {
         let trace = trace?;
         let facts = TraceFacts::of(&trace);
         let sweep = sweep.get_or_insert_with(|| {
@@ -279,14 +287,45 @@ fn evaluate(
     Ok((report, rows))
 }
 
+/// `stopwise export`: the store's traces as one JSONL file, replaced atomically; returns how many.
+fn export(store: &str, filter: &sources::StoreFilter, complete_only: bool, out: &Path) -> Result<usize> {
+    let selection =
+        stopwise_db::Selection { route: filter.route.clone(), last: filter.last, complete_only, ..Default::default() };
+    let mut written = 0;
+    let mut failed = None;
+    stopwise_store::replace_file(out, |file| {
+        for trace in sources::read_store(store.to_owned(), selection) {
+            match trace {
+                Ok(trace) => {
+                    writeln!(file, "{}", trace.to_line())?;
+                    written += 1;
+                }
+                Err(e) => {
+                    failed = Some(e);
+                    return Err(std::io::Error::other("the store could not be read"));
+                }
+            }
+        }
+        Ok(())
+    })
+    .map_err(|e| failed.take().unwrap_or_else(|| e.into()))?;
+    Ok(written)
+}
+
 /// `stopwise report`: the sweep of every family, the presets, the oracle and the certified point.
-fn report_command(traces: &[PathBuf], certificate: Option<&Path>, thresholds: usize, out: &Path) -> Result<()> {
+fn report_command(
+    traces: &[PathBuf],
+    filter: &sources::StoreFilter,
+    certificate: Option<&Path>,
+    thresholds: usize,
+    out: &Path,
+) -> Result<()> {
     let mut named: Vec<(String, PolicySpec)> = calibrate::peers();
     if let Some(path) = certificate {
         let policy = calibrate::policy_argument(&path.display().to_string())?;
         named.push((policy.label(), policy));
     }
-    let (sweep, mut rows) = evaluate(traces, &Family::defaults(), thresholds, &named)?;
+    let (sweep, mut rows) = evaluate(traces, filter, &Family::defaults(), thresholds, &named)?;
     if certificate.is_some() {
         rows[named.len() - 1].group = report::CERTIFIED.into();
     }
@@ -331,7 +370,8 @@ fn demo(limit: usize, out_dir: &Path, model: Option<&Path>, json: bool) -> Resul
     eprintln!("recording {} GSM8K items with {} into {}", items.len(), model.display(), traces.display());
     record::record(&engine, &items, &settings)?;
     let presets = calibrate::peers();
-    let (sweep, rows) = evaluate(std::slice::from_ref(&traces), &Family::defaults(), 16, &presets)?;
+    let (sweep, rows) =
+        evaluate(std::slice::from_ref(&traces), &Default::default(), &Family::defaults(), 16, &presets)?;
     let title = format!("stopwise demo (GSM8K sample, {})", engine.model_name());
     let html = report::write_html(out_dir, &title, &rows, &sweep.oracle)?;
     print_rows(&rows, json)?;

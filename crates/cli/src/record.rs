@@ -115,6 +115,7 @@ fn collect(model: &str, item: &Item, handle: &mut RequestHandle, settings: &Reco
                 let ending = Ending {
                     tokens: completion_tokens,
                     text,
+                    answer: None,
                     finish_reason: finish_reason.as_str().into(),
                     keep_text: settings.keep_text,
                 };

@@ -36,6 +36,9 @@ pub struct Ending {
     pub tokens: u32,
     /// The generated text the final answer is extracted from.
     pub text: String,
+    /// The final answer when it is known already (a served request stopped early delivers the
+    /// probe's answer); otherwise it is extracted from `text`.
+    pub answer: Option<String>,
     /// `stop`, `length`, or for a served request stopped early, `stopwise`.
     pub finish_reason: String,
     /// Keep the text (and each checkpoint's offset into it) in the trace.
@@ -56,7 +59,13 @@ pub struct Recorder {
 
 impl Recorder {
     pub fn new(task: Task) -> Self {
-        Recorder { task, tokens: 0, segment: (0, Some(0.0), Some(0.0)), checkpoints: Vec::new(), text_offsets: Vec::new() }
+        Recorder {
+            task,
+            tokens: 0,
+            segment: (0, Some(0.0), Some(0.0)),
+            checkpoints: Vec::new(),
+            text_offsets: Vec::new(),
+        }
     }
 
     pub fn task(&self) -> Task {
@@ -145,7 +154,7 @@ impl Recorder {
             checkpoints,
             final_: Final {
                 tokens,
-                answer: answer::extract(self.task, &ending.text),
+                answer: ending.answer.unwrap_or_else(|| answer::extract(self.task, &ending.text)),
                 finish_reason: ending.finish_reason,
                 text_offsets: if ending.keep_text { text_offsets } else { Vec::new() },
                 text: ending.keep_text.then_some(ending.text),
@@ -211,7 +220,13 @@ mod tests {
         r.generated(2, Some(-0.2), Some(0.2));
         let c = r.checkpoint();
         r.keep(r.answered(c, reading("4")), 9);
-        let ending = Ending { tokens: 5, text: "so... Final answer: 4".into(), finish_reason: "stop".into(), keep_text: true };
+        let ending = Ending {
+            tokens: 5,
+            text: "so... Final answer: 4".into(),
+            answer: None,
+            finish_reason: "stop".into(),
+            keep_text: true,
+        };
         let trace = r.finish(head(), ending).unwrap();
         let answers: Vec<_> = trace.checkpoints.iter().map(|c| (c.tokens, c.answer.as_str())).collect();
         assert_eq!(answers, [(2, "3"), (4, "4")]);
@@ -225,7 +240,8 @@ mod tests {
         r.generated(2, None, None);
         let c = r.checkpoint();
         r.keep(r.answered(c, reading("4")), 3);
-        let ending = Ending { tokens: 2, text: "4".into(), finish_reason: "length".into(), keep_text: false };
+        let ending =
+            Ending { tokens: 2, text: "4".into(), answer: None, finish_reason: "length".into(), keep_text: false };
         let trace = r.finish(head(), ending).unwrap();
         assert!(trace.final_.text.is_none() && trace.final_.text_offsets.is_empty());
         assert_eq!(trace.checkpoints[0].segment_logprob, f32::NEG_INFINITY);
@@ -237,7 +253,13 @@ mod tests {
         r.generated(4, None, None);
         let c = r.checkpoint();
         r.keep(r.answered(c, reading("4")), 0);
-        let ending = Ending { tokens: 3, text: String::new(), finish_reason: "stop".into(), keep_text: false };
+        let ending = Ending {
+            tokens: 3,
+            text: String::new(),
+            answer: Some("4".into()),
+            finish_reason: "stop".into(),
+            keep_text: false,
+        };
         let trace = r.finish(head(), ending).unwrap();
         assert!(trace.checkpoints.is_empty());
         assert_eq!(trace.final_.tokens, 3);

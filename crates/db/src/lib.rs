@@ -10,7 +10,7 @@
 mod store;
 mod writer;
 
-pub use store::{Feedback, FeedbackError, Selection, StoredFeedback, Store};
+pub use store::{Feedback, FeedbackError, Selection, Store, StoredFeedback};
 pub use writer::{Writer, WriterStats};
 
 /// Why the store could not do what was asked.
@@ -33,6 +33,23 @@ pub enum DbError {
 /// The default store: `stopwise.db` under `home` (stopwise's own folder, `$STOPWISE_HOME`).
 pub fn default_url(home: &std::path::Path) -> String {
     format!("sqlite://{}", home.join("stopwise.db").display())
+}
+
+/// Creates the database `name` on the Postgres server at `admin_url` (any database the user may
+/// connect to) and returns the URL of the new one: a database of its own for a replica set or a
+/// test.
+pub async fn create_postgres_database(admin_url: &str, name: &str) -> Result<String, DbError> {
+    use sqlx::{Connection, Executor};
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') {
+        return Err(DbError::Url(format!("database name `{name}`: use a-z, 0-9 and _")));
+    }
+    let (base, _) = admin_url.rsplit_once('/').ok_or_else(|| DbError::Url(redacted(admin_url)))?;
+    sqlx::any::install_default_drivers();
+    let mut conn = sqlx::AnyConnection::connect(admin_url)
+        .await
+        .map_err(|source| DbError::Connect { url: redacted(admin_url), source })?;
+    conn.execute(format!("CREATE DATABASE {name}").as_str()).await?;
+    Ok(format!("{base}/{name}"))
 }
 
 /// A URL with its password, if any, replaced by `***`, for logs and error messages.

@@ -115,8 +115,7 @@ impl Store {
                 return Err(DbError::Url(url.to_owned()));
             }
             if let Some(parent) = std::path::Path::new(path).parent().filter(|p| !p.as_os_str().is_empty()) {
-                std::fs::create_dir_all(parent)
-                    .map_err(|source| DbError::Folder { path: path.to_owned(), source })?;
+                std::fs::create_dir_all(parent).map_err(|source| DbError::Folder { path: path.to_owned(), source })?;
             }
             if !url.contains("mode=") {
                 full_url.push_str(if url.contains('?') { "&mode=rwc" } else { "?mode=rwc" });
@@ -274,8 +273,10 @@ impl Store {
 }
 
 fn parse_gold(id: &str, gold: Option<String>) -> Result<Option<Vec<String>>, DbError> {
-    gold.map(|g| serde_json::from_str(&g).map_err(|e| DbError::Corrupt { id: id.to_owned(), why: format!("gold: {e}") }))
-        .transpose()
+    gold.map(|g| {
+        serde_json::from_str(&g).map_err(|e| DbError::Corrupt { id: id.to_owned(), why: format!("gold: {e}") })
+    })
+    .transpose()
 }
 
 fn joined(row: &AnyRow) -> Result<Trace, DbError> {

@@ -17,13 +17,8 @@ async fn stores() -> Vec<(Store, Option<tempfile::TempDir>)> {
 
 /// A database of its own on the test server, so that tests running at once never meet.
 async fn postgres_database(admin: &str) -> Store {
-    use sqlx::Executor;
-    sqlx::any::install_default_drivers();
     let name = format!("t{}_{}", std::process::id(), NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
-    let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(admin).await.unwrap();
-    conn.execute(format!("CREATE DATABASE {name}").as_str()).await.unwrap();
-    let (base, _) = admin.rsplit_once('/').unwrap();
-    Store::open(&format!("{base}/{name}")).await.unwrap()
+    Store::open(&stopwise_db::create_postgres_database(admin, &name).await.unwrap()).await.unwrap()
 }
 
 static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
@@ -127,7 +122,8 @@ async fn feedback_merges_per_id_and_labels_the_traces() {
         let stored = store.feedback("r1").await.unwrap().unwrap();
         assert_eq!((stored.gold, stored.correct, stored.rating), (None, Some(true), Some(0.5)));
         // Feedback for a trace not written yet is kept, and joined once the trace comes.
-        let gold = Feedback { id: "r9".into(), gold: Some(vec!["12".into(), "12.0".into()]), correct: None, rating: None };
+        let gold =
+            Feedback { id: "r9".into(), gold: Some(vec!["12".into(), "12.0".into()]), correct: None, rating: None };
         store.put_feedback(&gold, 4).await.unwrap();
         store.put_traces(&[served("r9", "a", 30, true, false)]).await.unwrap();
         let traces = all(&store, &Selection { complete_only: true, ..Default::default() }).await;
@@ -169,8 +165,7 @@ async fn a_full_queue_drops_and_counts_without_waiting() {
     for (store, _guard) in stores().await {
         let writer = Writer::start(store.clone(), 3);
         // The writer task cannot run before this test yields: the queue fills at 3.
-        let kept: Vec<bool> =
-            (0..5).map(|i| writer.submit(served(&format!("q{i}"), "a", i, true, false))).collect();
+        let kept: Vec<bool> = (0..5).map(|i| writer.submit(served(&format!("q{i}"), "a", i, true, false))).collect();
         assert_eq!(kept, [true, true, true, false, false]);
         assert_eq!(writer.depth(), 3);
         writer.flush().await;

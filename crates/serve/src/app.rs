@@ -24,7 +24,7 @@ use crate::error::ApiError;
 use crate::http_upstream::{self, Added, HttpProber, ProbeInput};
 use crate::metrics::{Meter, Outcome};
 use crate::request::{ClientRequest, Endpoint, Input};
-use crate::session::{self, AbortOnDrop, Probes, StopPlan};
+use crate::session::{self, AbortOnDrop, Probes, StopPlan, TraceSink};
 use crate::sse::Frame;
 
 /// The API served, as OpenAPI 3.1 (kept by hand: the handlers take raw JSON so that every
@@ -47,7 +47,13 @@ pub struct AppState {
     capabilities: BTreeMap<String, Capabilities>,
     /// Routes serving without stopping because their upstream lacks what the policy needs.
     degraded: BTreeMap<String, String>,
+    /// Where traces and feedback go (`None`: `[store] url = "off"`).
+    store: Option<(stopwise_db::Store, stopwise_db::Writer)>,
+    feedback_grace: Duration,
 }
+
+/// Largest feedback body: a response id and a few gold answers.
+const FEEDBACK_BODY_LIMIT: usize = 256 * 1024;
 
 impl AppState {
     /// `engine` must be present when a route's upstream is `embedded`.
@@ -79,7 +85,27 @@ impl AppState {
             admin_token: settings.admin_token.clone(),
             capabilities: BTreeMap::new(),
             degraded: BTreeMap::new(),
+            store: None,
+            feedback_grace: settings.store.feedback_grace,
         })
+    }
+
+    /// Opens the configured store and starts its writer (on the current runtime). A store that
+    /// cannot be opened at start-up is an error: the operator asked for one.
+    pub async fn open_store(&mut self, settings: &crate::config::StoreSettings) -> Result<(), String> {
+        let Some(url) = &settings.url else { return Ok(()) };
+        let store = stopwise_db::Store::open(url).await.map_err(|e| e.to_string())?;
+        tracing::info!("trace store: {}", stopwise_db::redacted(url));
+        let writer = stopwise_db::Writer::start(store.clone(), settings.queue);
+        self.store = Some((store, writer));
+        Ok(())
+    }
+
+    /// Waits until every trace handed to the store's writer so far is written or dropped.
+    pub async fn flush_store(&self) {
+        if let Some((_, writer)) = &self.store {
+            writer.flush().await;
+        }
     }
 
     /// Checks every route's upstream; a route whose policy needs a capability found missing
@@ -151,6 +177,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/completions", post(completions))
         .route("/v1/models", get(models))
+        .route("/v1/feedback", post(feedback).layer(DefaultBodyLimit::max(FEEDBACK_BODY_LIMIT)))
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(render_metrics))
@@ -193,7 +220,65 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiEr
             }
         }
     }
-    Ok(Json(json!({"status": "ready"})))
+    // A failing store does not make the server unready: requests are served all the same.
+    let store = match &state.store {
+        None => json!({"status": "off"}),
+        Some((_, writer)) => match writer.stats().failing() {
+            None => json!({"status": "ok", "queued": writer.depth()}),
+            Some(error) => json!({"status": "failing", "error": error, "queued": writer.depth()}),
+        },
+    };
+    Ok(Json(json!({"status": "ready", "store": store})))
+}
+
+/// `POST /v1/feedback`: `{"id": <response id>, "gold": [...]}`, `{"id", "correct": bool}` or
+/// `{"id", "rating": x}`. Posting again for an id merges (the fields given replace earlier ones).
+/// A response whose trace is not in the store yet (still being written, possibly by another
+/// replica) is waited for up to the grace period, then the answer is 404. A 200 means stored.
+async fn feedback(
+    State(state): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let body = body.map_err(|e| match e.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::too_large(FEEDBACK_BODY_LIMIT),
+        _ => ApiError::bad_json(e.body_text()),
+    })?;
+    let de = &mut serde_json::Deserializer::from_slice(&body);
+    let feedback: stopwise_db::Feedback = serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let message = e.inner().to_string();
+        if path == "." {
+            ApiError::bad_json(format!("feedback body: {message}"))
+        } else {
+            ApiError::invalid(path, message)
+        }
+    })?;
+    feedback.validate().map_err(|stopwise_db::FeedbackError::Field { field, why }| ApiError::invalid(field, why))?;
+    let Some((store, _)) = &state.store else {
+        return Err(ApiError::unavailable("feedback needs the trace store, which is off (`[store] url = \"off\"`)"));
+    };
+    crate::metrics::feedback("received");
+    let unavailable = |e: stopwise_db::DbError| ApiError::unavailable(format!("the trace store failed: {e}"));
+    let deadline = Instant::now() + state.feedback_grace;
+    while !store.has_trace(&feedback.id).await.map_err(unavailable)? {
+        if Instant::now() >= deadline {
+            crate::metrics::feedback("unknown_id");
+            return Err(ApiError {
+                status: StatusCode::NOT_FOUND,
+                param: Some("id".into()),
+                code: Some("response_not_found".into()),
+                ..ApiError::bad_json(format!(
+                    "no response `{}` in the trace store (waited {} ms for its trace)",
+                    feedback.id,
+                    state.feedback_grace.as_millis()
+                ))
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    store.put_feedback(&feedback, session::now_ms()).await.map_err(unavailable)?;
+    crate::metrics::feedback("stored");
+    Ok(Json(json!({"id": feedback.id, "object": "feedback", "stored": true})))
 }
 
 fn missing_names(found: &Capabilities, policy: &PolicySpec) -> Vec<&'static str> {
@@ -236,6 +321,9 @@ async fn admin_capabilities(
 async fn render_metrics(State(state): State<Arc<AppState>>) -> Response {
     if let Some(engine) = &state.engine {
         crate::metrics::engine_load(&engine.stats());
+    }
+    if let Some((_, writer)) = &state.store {
+        crate::metrics::store_queue(writer.depth());
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render()).into_response()
 }
@@ -352,9 +440,23 @@ async fn complete(
         stop: req.stop.clone(),
         probes,
     });
+    let sink = state.store.as_ref().map(|(_, writer)| TraceSink {
+        writer: writer.clone(),
+        route: route.model.clone(),
+        model: route.upstream_model.clone().unwrap_or_else(|| req.model.clone()),
+        probe: stopwise_core::trace::ProbeSettings {
+            suffix: route.probe.suffix.clone(),
+            max_tokens: route.probe.max_tokens,
+            interval: route.probe.interval,
+        },
+        task: route.task,
+        question: route.store_text.then(|| last_user_text(&req.input)).flatten(),
+        store_text: route.store_text,
+        started_ms: session::now_ms().saturating_sub(started.elapsed().as_millis() as u64),
+    });
     let (out_tx, mut out) = mpsc::channel(PIECE_BUFFER);
     let meter = Meter::start(&route.model, endpoint, started);
-    tokio::spawn(session::run(AbortOnDrop(producer), rx, endpoint, plan, meter, out_tx));
+    tokio::spawn(session::run(AbortOnDrop(producer), rx, endpoint, plan, meter, sink, out_tx));
     // A failure before the first frame (upstream unreachable, upstream error status) is answered
     // with its own status rather than as an event in a 200 stream.
     let first = match out.recv().await {
@@ -366,6 +468,15 @@ async fn complete(
         Ok(stream_response(first, out))
     } else {
         crate::shape::collect(endpoint, first, &mut out).await.map(|v| Json(v).into_response())
+    }
+}
+
+/// What a trace keeps as the question: the last user message, or the prompt.
+fn last_user_text(input: &Input) -> Option<String> {
+    match input {
+        Input::Messages(messages) => messages.iter().rev().find(|m| m.role == "user").map(|m| m.content.clone()),
+        Input::Prompt(prompt) => Some(prompt.clone()),
+        Input::Batch => None,
     }
 }
 

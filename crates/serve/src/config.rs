@@ -35,6 +35,8 @@ pub struct Config {
     pub engine: EngineConfig,
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
+    #[serde(default)]
+    pub store: StoreConfig,
     /// The folder relative `policy_file` paths are read from: the config file's own.
     #[serde(skip)]
     pub base_dir: Option<PathBuf>,
@@ -53,6 +55,33 @@ pub struct EngineConfig {
     pub queue_limit: Option<usize>,
     /// Context per sequence in tokens (default 2048).
     pub context: Option<u32>,
+}
+
+/// Where served traces and feedback are kept.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `sqlite://PATH`, `postgres://USER:PASSWORD@HOST/DB` (replicas sharing one database), or
+    /// `off`. Default: `sqlite://$STOPWISE_HOME/stopwise.db`.
+    pub url: Option<String>,
+    /// Traces waiting to be written, at most; beyond it a trace is dropped and counted, never
+    /// waited for. Default 10000.
+    pub queue: Option<usize>,
+    /// How long feedback naming a response whose trace is not in the store yet waits for it
+    /// before the answer is 404. Default 5000.
+    pub feedback_grace_ms: Option<u64>,
+}
+
+pub const DEFAULT_STORE_QUEUE: usize = 10_000;
+pub const DEFAULT_FEEDBACK_GRACE_MS: u64 = 5_000;
+
+/// The store as resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoreSettings {
+    /// `None`: no store (`url = "off"`).
+    pub url: Option<String>,
+    pub queue: usize,
+    pub feedback_grace: std::time::Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -91,6 +120,10 @@ pub struct RouteConfig {
     /// `degrade` to serving the route without stopping.
     #[serde(default)]
     pub on_missing_capability: OnMissing,
+    /// Keep the prompt's last user message and the completion's text in the route's traces
+    /// (default off: traces hold token counts, probed answers and the final answer only).
+    #[serde(default)]
+    pub store_text: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -231,6 +264,7 @@ pub struct Settings {
     pub admin_token: Option<String>,
     pub engine: EngineConfig,
     pub routes: Vec<Route>,
+    pub store: StoreSettings,
 }
 
 #[derive(Debug, Clone)]
@@ -248,6 +282,7 @@ pub struct Route {
     pub max_event_bytes: usize,
     pub max_response_bytes: usize,
     pub on_missing_capability: OnMissing,
+    pub store_text: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -321,6 +356,7 @@ impl Config {
                 max_event_bytes: None,
                 max_response_bytes: None,
                 on_missing_capability: OnMissing::default(),
+                store_text: false,
             });
         } else if upstream.is_some() || overrides.model_name.is_some() {
             return Err(invalid(
@@ -358,7 +394,39 @@ impl Config {
             }
         }
         let engine = EngineConfig { model: overrides.model.clone().or(self.engine.model), ..self.engine };
-        Ok(Settings { listen, body_limit, admin_token, engine, routes })
+        let store = self.store.resolve(&env)?;
+        Ok(Settings { listen, body_limit, admin_token, engine, routes, store })
+    }
+}
+
+impl StoreConfig {
+    /// `STOPWISE_STORE` replaces the file's URL; `STOPWISE_HOME` places the default.
+    fn resolve(self, env: &impl Fn(&str) -> Option<String>) -> Result<StoreSettings, ConfigError> {
+        let url = match env("STOPWISE_STORE").or(self.url) {
+            Some(url) if url == "off" => None,
+            Some(url) => {
+                let known = ["sqlite:", "postgres://", "postgresql://"].iter().any(|s| url.starts_with(s));
+                if !known {
+                    let shown = stopwise_db::redacted(&url);
+                    return Err(invalid("store.url", format!("`{shown}` is not sqlite://PATH, postgres://… or off")));
+                }
+                Some(url)
+            }
+            None => {
+                let home = env("STOPWISE_HOME").filter(|h| !h.is_empty()).map(PathBuf::from);
+                Some(stopwise_db::default_url(&home.unwrap_or_else(stopwise_engine::fetch::stopwise_home)))
+            }
+        };
+        if self.queue == Some(0) {
+            return Err(invalid("store.queue", "must be at least 1"));
+        }
+        Ok(StoreSettings {
+            url,
+            queue: self.queue.unwrap_or(DEFAULT_STORE_QUEUE),
+            feedback_grace: std::time::Duration::from_millis(
+                self.feedback_grace_ms.unwrap_or(DEFAULT_FEEDBACK_GRACE_MS),
+            ),
+        })
     }
 }
 
@@ -425,6 +493,7 @@ impl Route {
             max_event_bytes: route.max_event_bytes.unwrap_or(crate::sse::DEFAULT_MAX_EVENT_BYTES),
             max_response_bytes: route.max_response_bytes.unwrap_or(DEFAULT_MAX_RESPONSE_BYTES),
             on_missing_capability: route.on_missing_capability,
+            store_text: route.store_text,
         })
     }
 

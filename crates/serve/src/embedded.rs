@@ -3,9 +3,7 @@
 //! tokens (KV-cache rollback) where the session asks it to, so its probes cost no second request.
 
 use serde_json::Value;
-use stopwise_engine::{
-    Engine, EngineError, Event, ProbePlan, ProbeTrigger, Prompt, Request, RequestHandle, Sampling,
-};
+use stopwise_engine::{Engine, EngineError, Event, ProbePlan, ProbeTrigger, Prompt, Request, RequestHandle, Sampling};
 use tokio::sync::mpsc;
 
 use crate::config::ProbeConfig;

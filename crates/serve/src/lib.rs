@@ -67,13 +67,17 @@ pub async fn serve_then(
     // Listening for the signals starts now, so that one sent during the self-test is not lost.
     let shutdown = shutdown_signal()?;
     let mut state = AppState::new(settings, engine)?;
+    state.open_store(&settings.store).await?;
     state.self_test().await?;
     let state = Arc::new(state);
     ready();
-    axum::serve(listener, router(state))
+    let served = axum::serve(listener, router(state.clone()))
         .with_graceful_shutdown(shutdown)
         .await
-        .map_err(|e| format!("server failed: {e}"))
+        .map_err(|e| format!("server failed: {e}"));
+    // The traces of the last requests are written before the process ends.
+    state.flush_store().await;
+    served
 }
 
 #[cfg(unix)]

@@ -58,6 +58,22 @@ fn describe() {
         "Embedded engine: requests cancelled (stopped early or client gone)"
     );
     describe_histogram!("stopwise_stop_checkpoint_tokens", Unit::Count, "Generated tokens at which requests stopped");
+    describe_counter!("stopwise_store_traces_written_total", "Traces written to the trace store");
+    describe_counter!(
+        "stopwise_store_traces_dropped_total",
+        "Traces dropped, by reason: queue_full (the writer fell behind) or store_error (the store failed)"
+    );
+    describe_gauge!("stopwise_store_queue_depth", "Traces waiting to be written to the store");
+    describe_counter!("stopwise_feedback_total", "Feedback posts, by result: received, stored, unknown_id");
+}
+
+/// The store writer's queue, read at scrape time.
+pub fn store_queue(depth: usize) {
+    gauge!("stopwise_store_queue_depth").set(depth as f64);
+}
+
+pub fn feedback(result: &'static str) {
+    counter!("stopwise_feedback_total", "result" => result).increment(1);
 }
 
 /// The embedded engine's load, read at scrape time.

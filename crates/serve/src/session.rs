@@ -14,9 +14,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use serde_json::{json, Value};
-use stopwise_core::answer::{self, Task};
+use stopwise_core::answer::Task;
+use stopwise_core::recorder::{Ending, ProbeReading, Recorder, TraceHead};
 use stopwise_core::rules::{Decision, PolicySpec, Rule};
-use stopwise_core::trace::Checkpoint;
+use stopwise_core::trace::{Checkpoint, ProbeSettings, Served};
+use stopwise_db::Writer;
 use stopwise_engine::ProbeRequester;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -105,6 +107,21 @@ pub struct StopPlan {
     pub probes: Probes,
 }
 
+/// Where a served request's trace goes, and what it says besides what the session sees.
+pub struct TraceSink {
+    pub writer: Writer,
+    pub route: String,
+    /// The model name the upstream generated with.
+    pub model: String,
+    pub probe: ProbeSettings,
+    /// The route's task, for a request served without stopping.
+    pub task: Task,
+    /// The client's last user message, kept only when the route stores text.
+    pub question: Option<String>,
+    pub store_text: bool,
+    pub started_ms: u64,
+}
+
 /// Aborts the task when dropped, so that nothing outlives the request that started it.
 pub struct AbortOnDrop<T>(pub JoinHandle<T>);
 
@@ -121,9 +138,15 @@ pub async fn run(
     endpoint: Endpoint,
     plan: Option<StopPlan>,
     meter: Meter,
+    sink: Option<TraceSink>,
     out: mpsc::Sender<Frame>,
 ) {
+    let stopping = plan.is_some();
     let mut state = State::new(endpoint, plan, meter);
+    if let (false, Some(sink)) = (stopping, &sink) {
+        state.recorder = Recorder::new(sink.task);
+    }
+    state.sink = sink;
     let mut probe: Option<AbortOnDrop<Result<ProbeOutcome, String>>> = None;
     loop {
         let event = tokio::select! {
@@ -165,19 +188,21 @@ pub async fn run(
                 continue;
             }
             Event::Piece(Some(Piece::Finished { finish_reason })) => {
-                state.meter.finish(Outcome::Completed, state.tokens, None);
+                state.meter.finish(Outcome::Completed, state.tokens(), None);
+                state.record(finish_reason, None);
                 vec![Frame::Data(state.final_chunk(finish_reason, None).to_string()), Frame::Done]
             }
             Event::Piece(Some(Piece::Done)) => {
-                state.meter.finish(Outcome::Completed, state.tokens, None);
+                state.meter.finish(Outcome::Completed, state.tokens(), None);
+                state.record("stop", None);
                 state.extension_chunk().map(|c| Frame::Data(c.to_string())).into_iter().chain([Frame::Done]).collect()
             }
             Event::Piece(Some(Piece::Failed(e))) => {
-                state.meter.finish(Outcome::Failed, state.tokens, None);
+                state.meter.finish(Outcome::Failed, state.tokens(), None);
                 vec![Frame::Error(e)]
             }
             Event::Piece(None) => {
-                state.meter.finish(Outcome::Failed, state.tokens, None);
+                state.meter.finish(Outcome::Failed, state.tokens(), None);
                 vec![Frame::Error(ApiError::upstream("the upstream ended without finishing"))]
             }
         };
@@ -209,10 +234,9 @@ struct State {
     /// The answer text so far, and the reasoning text of a model that streams it apart.
     text: String,
     reasoning: String,
-    tokens: u32,
+    /// Generated tokens, their segments' statistics and the probed checkpoints.
+    recorder: Recorder,
     next_probe_at: u32,
-    /// Log-prob and entropy sums since the last checkpoint; `None` once any chunk lacked them.
-    segment: (u32, Option<f64>, Option<f64>),
     probe_prompt_tokens: Option<u32>,
     probe_completion_tokens: u32,
     probes: u32,
@@ -222,11 +246,13 @@ struct State {
     /// describes it, and when the probe was asked for.
     pending: Option<(Checkpoint, Instant)>,
     meter: Meter,
+    sink: Option<TraceSink>,
 }
 
 impl State {
     fn new(endpoint: Endpoint, plan: Option<StopPlan>, meter: Meter) -> Self {
         let next_probe_at = plan.as_ref().map_or(u32::MAX, |p| p.interval);
+        let task = plan.as_ref().map_or(Task::Text, |p| p.task);
         State {
             endpoint,
             plan: plan.map(|p| {
@@ -237,48 +263,49 @@ impl State {
             prompt_tokens: None,
             text: String::new(),
             reasoning: String::new(),
-            tokens: 0,
+            recorder: Recorder::new(task),
             next_probe_at,
-            segment: (0, Some(0.0), Some(0.0)),
             probe_prompt_tokens: Some(0),
             probe_completion_tokens: 0,
             probes: 0,
             asked: 0,
             pending: None,
             meter,
+            sink: None,
         }
+    }
+
+    fn tokens(&self) -> u32 {
+        self.recorder.tokens()
     }
 
     fn add(&mut self, text: &str, reasoning: &str, tokens: u32, logprob: Option<f64>, entropy: Option<f64>) {
         self.text.push_str(text);
         self.reasoning.push_str(reasoning);
-        self.tokens += tokens;
+        self.recorder.generated(tokens, logprob, entropy);
         if !text.is_empty() || !reasoning.is_empty() {
-            self.meter.text(self.tokens);
+            self.meter.text(self.tokens());
         }
-        let (n, lp, ent) = &mut self.segment;
-        *n += tokens;
-        *lp = lp.zip(logprob).map(|(a, b)| a + b);
-        *ent = ent.zip(entropy).map(|(a, b)| a + b);
     }
 
     /// Takes the probe due now, if the rule needs its answer here (a budget or a log-prob window
     /// does not at most checkpoints: no probe, no cost). An HTTP probe is returned to be run; the
     /// engine is only asked for one, whose outcome comes later as a [`Piece::Probe`].
     fn due_probe(&mut self) -> Option<ProbeFuture> {
-        if self.tokens < self.next_probe_at {
+        let tokens = self.tokens();
+        if tokens < self.next_probe_at {
             return None;
         }
         let interval = self.plan.as_ref()?.0.interval;
         // The next probe is due at the next multiple of the interval after this one, however
         // long this one takes: probes never queue up behind a slow upstream.
-        self.next_probe_at = (self.tokens / interval + 1) * interval;
+        self.next_probe_at = (tokens / interval + 1) * interval;
         // Only an engine probe can still be pending here (no HTTP probe is due while one runs).
         // It is given up as failed: one that has not come by the next checkpoint is late to
         // matter, and one that no longer fits in the context never comes; this checkpoint is
         // asked for instead.
         self.probe_failed(ProbeResult::GivenUp);
-        let checkpoint = self.take_segment(self.tokens);
+        let checkpoint = self.recorder.checkpoint();
         let (plan, rule) = self.plan.as_mut()?;
         if !rule.needs_probe(&checkpoint) || self.asked >= plan.max_probes {
             // Without a probe the rule cannot stop here; `decide` keeps its state in step.
@@ -288,9 +315,9 @@ impl State {
         self.asked += 1;
         self.pending = Some((checkpoint, Instant::now()));
         match &self.plan.as_ref()?.0.probes {
-            Probes::Launch(prober) => Some(prober.clone().probe(self.partial(), self.tokens)),
+            Probes::Launch(prober) => Some(prober.clone().probe(self.partial(), tokens)),
             Probes::Engine(requester) => {
-                requester.request(self.tokens);
+                requester.request(tokens);
                 None
             }
         }
@@ -304,24 +331,6 @@ impl State {
                 format!("{}{}{}{}", plan.reasoning_open, self.reasoning, plan.reasoning_close, self.text)
             }
             _ => self.text.clone(),
-        }
-    }
-
-    /// A checkpoint at `tokens` carrying the log-prob and entropy of the segment since the last
-    /// one, and no probe yet.
-    fn take_segment(&mut self, tokens: u32) -> Checkpoint {
-        let (n, lp, ent) = std::mem::replace(&mut self.segment, (0, Some(0.0), Some(0.0)));
-        let mean = |sum: Option<f64>| sum.map(|s| s / f64::from(n.max(1)));
-        Checkpoint {
-            tokens,
-            answer: String::new(),
-            probe_text: String::new(),
-            answer_tokens: 0,
-            mean_prob: 0.0,
-            min_prob: 0.0,
-            // Unknown log-probs must never look confident: a log-prob window then never stops.
-            segment_logprob: mean(lp).map_or(f32::NEG_INFINITY, |m| m.min(0.0) as f32),
-            segment_entropy: mean(ent).map_or(f32::INFINITY, |m| m.max(0.0) as f32),
         }
     }
 
@@ -354,21 +363,22 @@ impl State {
             outcome.completion_tokens,
             Some(asked_at.elapsed()),
         );
-        let (plan, rule) = self.plan.as_mut()?;
-        let checkpoint = Checkpoint {
-            answer: answer::extract(plan.task, &outcome.text),
-            probe_text: outcome.text.clone(),
+        let reading = ProbeReading {
+            text: outcome.text.clone(),
             answer_tokens: outcome.answer_tokens,
             mean_prob: outcome.mean_prob,
             min_prob: outcome.min_prob,
-            ..skeleton
         };
+        let checkpoint = self.recorder.answered(skeleton, reading);
+        self.recorder.keep(checkpoint.clone(), self.partial().len());
+        let tokens = self.tokens();
+        let (plan, rule) = self.plan.as_mut()?;
         if rule.decide(&checkpoint) == Decision::Continue {
             return None;
         }
         // The client's max_tokens bounds the forced answer too: when it would not fit, the
         // request goes on as if the rule had not stopped (the upstream ends at the limit anyway).
-        if plan.max_tokens.is_some_and(|max| self.tokens + outcome.answer_tokens > max) {
+        if plan.max_tokens.is_some_and(|max| tokens + outcome.answer_tokens > max) {
             return None;
         }
         let answer = if checkpoint.answer.is_empty() { outcome.text.trim() } else { checkpoint.answer.as_str() };
@@ -383,8 +393,14 @@ impl State {
             forced.truncate(cut);
         }
         let content = self.chunk(Some(&forced), Value::Null);
-        self.meter.finish(Outcome::Stopped, self.tokens + outcome.answer_tokens, Some(outcome.after_tokens));
-        let stop = StopInfo { checkpoint_tokens: outcome.after_tokens, answer_tokens: outcome.answer_tokens };
+        self.meter.finish(Outcome::Stopped, tokens + outcome.answer_tokens, Some(outcome.after_tokens));
+        let stop = StopInfo {
+            checkpoint_tokens: outcome.after_tokens,
+            answer_tokens: outcome.answer_tokens,
+            answer: checkpoint.answer.clone(),
+            forced: forced.clone(),
+        };
+        self.record("stop", Some(&stop));
         let last = self.final_chunk("stop", Some(stop));
         Some(vec![Frame::Data(content.to_string()), Frame::Data(last.to_string()), Frame::Done])
     }
@@ -399,7 +415,7 @@ impl State {
         let mut chunk = self.chunk(None, json!(finish_reason));
         // The forced answer is counted with the tokens the probe decoded for it; the template's
         // own few tokens are not measured and not counted.
-        let completion = self.tokens + stop.as_ref().map_or(0, |s| s.answer_tokens);
+        let completion = self.tokens() + stop.as_ref().map_or(0, |s| s.answer_tokens);
         let prompt = self.prompt_tokens.unwrap_or(0);
         chunk["usage"] =
             json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion});
@@ -420,7 +436,7 @@ impl State {
             "checkpoint_tokens": stop.map(|s| s.checkpoint_tokens),
             // Where the stream was cut: later than the checkpoint when the probe took a while,
             // as the stream never waits for one.
-            "generated_tokens": self.tokens,
+            "generated_tokens": self.tokens(),
             "probes": self.probes,
             "probe_prompt_tokens": self.probe_prompt_tokens,
             "probe_completion_tokens": self.probe_completion_tokens,
@@ -442,6 +458,72 @@ impl State {
 struct StopInfo {
     checkpoint_tokens: u32,
     answer_tokens: u32,
+    /// The probed answer and the text the client received in its place.
+    answer: String,
+    forced: String,
+}
+
+impl State {
+    /// Hands the request's trace to the store's writer, which never makes the client wait: what
+    /// the client received, the probed checkpoints, and how stopping served it.
+    fn record(&mut self, finish_reason: &str, stop: Option<&StopInfo>) {
+        let Some(sink) = self.sink.take() else { return };
+        let Some(head) = &self.head else { return };
+        let tokens = self.tokens();
+        let (policy, interval, asked_all) = match &self.plan {
+            Some((plan, _)) => (plan.policy.clone(), plan.interval, self.asked < plan.max_probes),
+            None => (PolicySpec::NEVER, sink.probe.interval, false),
+        };
+        // A full run probed at every checkpoint it passed can replay any rule.
+        let probed_everywhere = self.recorder.checkpoints().len() as u64 == u64::from(tokens / interval.max(1));
+        let complete = stop.is_none() && self.plan.is_some() && probed_everywhere && asked_all;
+        let delivered = tokens + stop.map_or(0, |s| s.answer_tokens);
+        let started_ms = sink.started_ms;
+        let served = Served {
+            route: sink.route.clone(),
+            response_id: head.id.clone(),
+            policy: policy.label(),
+            policy_version: policy.version(),
+            started_ms,
+            duration_ms: now_ms().saturating_sub(started_ms),
+            stopped_at: stop.map(|s| s.checkpoint_tokens),
+            delivered_tokens: delivered,
+            complete,
+            audit: false,
+        };
+        let trace_head = TraceHead {
+            id: head.id.clone(),
+            dataset: sink.route.clone(),
+            question: sink.question.clone().filter(|_| sink.store_text),
+            gold: Vec::new(),
+            model: sink.model.clone(),
+            prompt_tokens: self.prompt_tokens.unwrap_or(0),
+            probe: sink.probe.clone(),
+            served: Some(served),
+        };
+        let mut text = self.partial();
+        if let Some(stop) = stop {
+            text.push_str(&stop.forced);
+        }
+        let ending = Ending {
+            tokens,
+            text,
+            answer: stop.map(|s| s.answer.clone()),
+            finish_reason: finish_reason.to_owned(),
+            keep_text: sink.store_text,
+        };
+        // A copy: the last chunk, written after this, still reads the token count.
+        match self.recorder.clone().finish(trace_head, ending) {
+            Ok(trace) => {
+                sink.writer.submit(trace);
+            }
+            Err(e) => tracing::warn!("response {}: no trace recorded: {e}", head.id),
+        }
+    }
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 pub fn now() -> u64 {
@@ -486,7 +568,7 @@ mod tests {
 
     /// Feeds single-token chunks up to `tokens` in all, as `run` does.
     fn generate_until(state: &mut State, tokens: u32) {
-        while state.tokens < tokens {
+        while state.tokens() < tokens {
             state.add("x", "", 1, Some(-0.1), Some(0.1));
             assert!(state.due_probe().is_none(), "an engine probe is asked for, never launched");
         }

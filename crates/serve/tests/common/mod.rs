@@ -36,8 +36,12 @@ pub fn engine_with(parallel: u32, queue_limit: usize) -> Arc<LlamaEngine> {
 }
 
 /// Starts the server for `toml` on 127.0.0.1 and returns its base URL (`http://127.0.0.1:P`).
+/// The trace store is off unless `toml` has a `[store]` table: tests never write into the
+/// user's own store.
 pub fn start(toml: &str, engine: Option<Arc<dyn Engine>>) -> String {
-    let settings = Config::parse(toml).unwrap().resolve(&Overrides::default(), |_| None).unwrap();
+    let store_off = !toml.contains("[store]");
+    let env = |var: &str| (var == "STOPWISE_STORE" && store_off).then(|| "off".to_owned());
+    let settings = Config::parse(toml).unwrap().resolve(&Overrides::default(), env).unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Runtime::new().unwrap();
