@@ -11,6 +11,7 @@ pub mod answer;
 pub mod certify;
 pub mod features;
 pub mod learned;
+pub mod online;
 pub mod policy;
 pub mod recorder;
 pub mod replay;
