@@ -7,9 +7,10 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use stopwise_core::answer::{self, Task};
-use stopwise_core::recorder::{Ending, ProbeReading, Recorder, TraceHead};
+use stopwise_core::recorder::TraceHead;
 use stopwise_core::trace::{ProbeSettings, Trace};
-use stopwise_engine::{ChatMessage, Engine, Event, ProbePlan, ProbeTrigger, Prompt, Request, RequestHandle, Sampling};
+use stopwise_engine::record::{EventRecorder, Step};
+use stopwise_engine::{ChatMessage, Engine, ProbePlan, ProbeTrigger, Prompt, Request, RequestHandle, Sampling};
 use stopwise_store::{recorded_ids, TraceWriter};
 
 use crate::dataset::Item;
@@ -85,43 +86,24 @@ fn request_for(item: &Item, settings: &RecordSettings) -> Request {
 
 /// Drains one request's events into a trace.
 fn collect(model: &str, item: &Item, handle: &mut RequestHandle, settings: &RecordSettings) -> Result<Trace> {
-    let mut recorder = Recorder::new(settings.task);
-    let mut prompt_tokens = 0;
-    let mut text = String::new();
+    let mut recorder = EventRecorder::new(settings.task);
     while let Some(event) = handle.next_blocking() {
-        match event {
-            Event::Started { prompt_tokens: n } => prompt_tokens = n,
-            Event::Token { text: piece, logprob, entropy } => {
-                text.push_str(&piece);
-                recorder.generated(1, Some(f64::from(logprob)), Some(f64::from(entropy)));
-            }
-            Event::Probe { text: probe_text, tokens: answer_tokens, mean_prob, min_prob, .. } => {
-                // The engine probes between two tokens, where the recorder's count already is.
-                let checkpoint = recorder.checkpoint();
-                let reading = ProbeReading { text: probe_text, answer_tokens, mean_prob, min_prob };
-                recorder.keep(recorder.answered(checkpoint, reading), text.len());
-            }
-            Event::Done { finish_reason, completion_tokens } => {
+        match recorder.take(event) {
+            Step::Going => {}
+            Step::Done => {
                 let head = TraceHead {
                     id: item.id.clone(),
                     dataset: settings.dataset_name.clone(),
                     question: Some(item.question.clone()),
                     gold: item.gold.clone(),
                     model: model.to_owned(),
-                    prompt_tokens,
+                    prompt_tokens: 0,
                     probe: settings.probe.clone(),
                     served: None,
                 };
-                let ending = Ending {
-                    tokens: completion_tokens,
-                    text,
-                    answer: None,
-                    finish_reason: finish_reason.as_str().into(),
-                    keep_text: settings.keep_text,
-                };
-                return recorder.finish(head, ending).context("the engine produced an invalid trace");
+                return recorder.finish(head, settings.keep_text).context("the engine produced an invalid trace");
             }
-            Event::Error(message) => bail!("engine error: {message}"),
+            Step::Failed(message) => bail!("engine error: {message}"),
         }
     }
     bail!("the engine closed the request without finishing it")

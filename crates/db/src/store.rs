@@ -91,6 +91,8 @@ pub struct Selection {
     pub until_ms: Option<u64>,
     /// The most recent `last` only (still returned oldest first).
     pub last: Option<u64>,
+    /// Only this response's traces (served and audit).
+    pub response_id: Option<String>,
 }
 
 fn to_i64(n: u64) -> i64 {
@@ -252,6 +254,7 @@ impl Store {
              LEFT JOIN feedback f ON f.response_id = t.response_id \
              LEFT JOIN traces s ON s.response_id = t.response_id AND s.audit = 0 \
              WHERE ($1 = '' OR t.route = $1) AND t.started_ms >= $2 AND t.started_ms < $3 \
+               AND ($6 = '' OR t.response_id = $6) \
                AND ($4 = 0 OR (t.complete = 1 AND NOT (t.audit = 0 AND EXISTS \
                    (SELECT 1 FROM traces a WHERE a.response_id = t.response_id AND a.audit = 1)))) \
              ORDER BY t.started_ms DESC, t.response_id DESC, t.audit DESC LIMIT $5) picked \
@@ -262,6 +265,7 @@ impl Store {
             .bind(to_i64(selection.until_ms.unwrap_or(u64::MAX)))
             .bind(i64::from(selection.complete_only))
             .bind(to_i64(selection.last.unwrap_or(u64::MAX)))
+            .bind(selection.response_id.clone().unwrap_or_default())
             .fetch(&self.pool);
         while let Some(row) = rows.try_next().await? {
             if !each(joined(&row)?) {
@@ -269,6 +273,48 @@ impl Store {
             }
         }
         Ok(())
+    }
+}
+
+impl Store {
+    /// The audit of a response, feedback joined, if it was audited.
+    pub async fn audit(&self, response_id: &str) -> Result<Option<Trace>, DbError> {
+        let selection = Selection { response_id: Some(response_id.to_owned()), ..Selection::default() };
+        let mut audit = None;
+        self.traces(&selection, |trace| {
+            if trace.served.as_ref().is_some_and(|s| s.audit) {
+                audit = Some(trace);
+            }
+            true
+        })
+        .await?;
+        Ok(audit)
+    }
+
+    /// Keeps a change of a route's setting (`body`: its JSON record).
+    pub async fn put_change(&self, route: &str, at_ms: u64, kind: &str, body: &str) -> Result<(), DbError> {
+        static NEXT: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+        // Two changes in one millisecond (a fallback and a promotion) stay apart; replicas
+        // writing at once differ in their bodies' evidence, and the id makes the key unique.
+        let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) ^ i64::from(std::process::id()) << 32;
+        sqlx::query("INSERT INTO policy_changes (id, route, at_ms, kind, body) VALUES ($1, $2, $3, $4, $5)")
+            .bind(id)
+            .bind(route.to_owned())
+            .bind(to_i64(at_ms))
+            .bind(kind.to_owned())
+            .bind(body.to_owned())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// A route's changes, oldest first: (at_ms, kind, JSON record).
+    pub async fn changes(&self, route: &str) -> Result<Vec<(u64, String, String)>, DbError> {
+        let rows = sqlx::query("SELECT at_ms, kind, body FROM policy_changes WHERE route = $1 ORDER BY at_ms, id")
+            .bind(route.to_owned())
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|row| Ok((row.try_get::<i64, _>(0)?.max(0) as u64, row.try_get(1)?, row.try_get(2)?))).collect()
     }
 }
 

@@ -14,6 +14,7 @@
 pub mod fetch;
 mod llama;
 pub mod models;
+pub mod record;
 mod sampling;
 mod text;
 

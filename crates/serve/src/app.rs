@@ -15,9 +15,10 @@ use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::{json, Map, Value};
 use stopwise_core::rules::PolicySpec;
-use stopwise_engine::Engine;
+use stopwise_engine::{Engine, ProbeTrigger, Request};
 use tokio::sync::mpsc;
 
+use crate::audit::{AuditJob, Live};
 use crate::capabilities::{self, Capabilities};
 use crate::config::{OnMissing, Route, Settings, Upstream, DEFAULT_MODEL_NAME};
 use crate::error::ApiError;
@@ -50,6 +51,8 @@ pub struct AppState {
     /// Where traces and feedback go (`None`: `[store] url = "off"`).
     store: Option<(stopwise_db::Store, stopwise_db::Writer)>,
     feedback_grace: Duration,
+    /// Per route: audits and the live estimate.
+    live: BTreeMap<String, Arc<Live>>,
 }
 
 /// Largest feedback body: a response id and a few gold answers.
@@ -76,7 +79,12 @@ impl AppState {
             .map(|route| Ok((route.model.clone(), http_client(route.api_key.as_deref())?)))
             .collect::<Result<_, String>>()?;
         let metrics = crate::metrics::handle()?;
+        let live = routes
+            .values()
+            .map(|route| Ok((route.model.clone(), Arc::new(Live::new(route, route.upstream == Upstream::Embedded)?))))
+            .collect::<Result<_, String>>()?;
         Ok(AppState {
+            live,
             routes,
             engine,
             clients,
@@ -182,6 +190,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(render_metrics))
         .route("/admin/capabilities", get(admin_capabilities))
+        .route("/admin/online", get(admin_online))
+        .route("/admin/online/{model}", post(admin_online_action))
         .route("/openapi.json", get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }))
         .fallback(|| async { ApiError { status: StatusCode::NOT_FOUND, ..ApiError::bad_json("no such endpoint") } })
         // axum's own 405 has an empty body; clients parse an OpenAI error object.
@@ -278,6 +288,12 @@ async fn feedback(
     }
     store.put_feedback(&feedback, session::now_ms()).await.map_err(unavailable)?;
     crate::metrics::feedback("stored");
+    // Gold can make the response's audit count towards an EM-drop estimate.
+    if let Ok(Some(trace)) = store.audit(&feedback.id).await {
+        if let Some(live) = trace.served.as_ref().and_then(|s| state.live.get(&s.route)) {
+            live.take_audit(&trace, Some(store));
+        }
+    }
     Ok(Json(json!({"id": feedback.id, "object": "feedback", "stored": true})))
 }
 
@@ -291,12 +307,7 @@ async fn admin_capabilities(
     State(state): State<Arc<AppState>>,
     headers: axum::http::HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    if let Some(token) = &state.admin_token {
-        let given = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-        if given != Some(format!("Bearer {token}").as_str()) {
-            return Err(ApiError::unauthorized("admin endpoints need `Authorization: Bearer <STOPWISE_ADMIN_TOKEN>`"));
-        }
-    }
+    authorize(&state, &headers)?;
     let mut routes = Map::new();
     for route in state.routes.values() {
         let found = capabilities::check(state.client(route), route).await;
@@ -316,6 +327,62 @@ async fn admin_capabilities(
         );
     }
     Ok(Json(json!({"routes": routes})))
+}
+
+/// Admin endpoints need `Authorization: Bearer <admin token>` when a token is set. The token is
+/// compared in constant time: how long a refusal takes says nothing of how much was right.
+fn authorize(state: &AppState, headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
+    let Some(token) = &state.admin_token else { return Ok(()) };
+    let given = headers.get(header::AUTHORIZATION).map(|v| v.as_bytes()).unwrap_or_default();
+    let expected = format!("Bearer {token}");
+    let same_length = given.len() == expected.len();
+    let difference = given.iter().zip(expected.as_bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b));
+    if same_length && difference == 0 {
+        Ok(())
+    } else {
+        Err(ApiError::unauthorized("admin endpoints need `Authorization: Bearer <STOPWISE_ADMIN_TOKEN>`"))
+    }
+}
+
+/// `GET /admin/online`: per route, the live estimate of every setting of its ladder, the active
+/// one, the pending proposal and the recent changes.
+async fn admin_online(
+    State(state): State<Arc<AppState>>,
+    headers: axum::http::HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    authorize(&state, &headers)?;
+    let routes: Map<String, Value> = state.live.iter().map(|(model, live)| (model.clone(), live.report())).collect();
+    Ok(Json(json!({"routes": routes})))
+}
+
+/// `POST /admin/online/{model}`: `{"action": "approve"}` or `"reject"` (the pending proposal), or
+/// `{"action": "set", "setting": N}` (the ladder's N-th setting becomes active).
+async fn admin_online_action(
+    State(state): State<Arc<AppState>>,
+    axum::extract::Path(model): axum::extract::Path<String>,
+    headers: axum::http::HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    authorize(&state, &headers)?;
+    let live = state
+        .live
+        .get(&model)
+        .ok_or_else(|| ApiError::unknown_model(&model, &state.live.keys().map(String::as_str).collect::<Vec<_>>()))?;
+    let body = body.map_err(|e| ApiError::bad_json(e.body_text()))?;
+    let action: Value = serde_json::from_slice(&body).map_err(|e| ApiError::bad_json(e.to_string()))?;
+    let store = state.store.as_ref().map(|(store, _)| store);
+    let change = match action["action"].as_str() {
+        Some("approve") => live.decide_proposal(true, store),
+        Some("reject") => live.decide_proposal(false, store),
+        Some("set") => {
+            let index = action["setting"]
+                .as_u64()
+                .ok_or_else(|| ApiError::invalid("setting", "give the ladder position as a number"))?;
+            Some(live.set_active(index as usize, store).map_err(|why| ApiError::invalid("setting", why))?)
+        }
+        _ => return Err(ApiError::invalid("action", "must be `approve`, `reject` or `set`")),
+    };
+    Ok(Json(json!({"change": change, "online": live.report()})))
 }
 
 async fn render_metrics(State(state): State<Arc<AppState>>) -> Response {
@@ -356,10 +423,12 @@ async fn complete(
     let route = state.routes.get(&req.model).ok_or_else(|| {
         ApiError::unknown_model(&req.model, &state.routes.keys().map(String::as_str).collect::<Vec<_>>())
     })?;
+    let live = &state.live[&route.model];
     let policy = match (&req.extension.disable, &req.extension.policy) {
         (true, _) => PolicySpec::NEVER,
         (false, Some(policy)) => policy.clone(),
-        (false, None) => route.policy.clone(),
+        // The estimator's active setting, once it has moved the route off its configured one.
+        (false, None) => live.active_policy().unwrap_or_else(|| route.policy.clone()),
     };
     let stopping = policy != PolicySpec::NEVER;
     // A per-request policy must not silently do nothing either.
@@ -389,11 +458,30 @@ async fn complete(
         }
     }
     let (tx, rx) = mpsc::channel(PIECE_BUFFER);
+    let mut audit = None;
     // `probes` is `Some` exactly when stopping is on.
     let (producer, probes) = match &route.upstream {
         Upstream::Embedded => {
-            let engine = state.engine.as_deref().ok_or_else(|| ApiError::internal("no embedded engine loaded"))?;
-            let handle = crate::embedded::submit(engine, &req, stopping.then_some(&route.probe))?;
+            let engine_arc = state.engine.clone().ok_or_else(|| ApiError::internal("no embedded engine loaded"))?;
+            let engine = engine_arc.as_ref();
+            let on_request = stopping.then_some((&route.probe, ProbeTrigger::OnRequest));
+            let request = crate::embedded::request(&req, on_request)?;
+            if let (true, Some((store, writer))) = (live.due(), &state.store) {
+                // The same request (seed included), probed at every checkpoint, to its end.
+                let every = ProbeTrigger::Every(route.probe.interval);
+                let request = Request {
+                    probe: crate::embedded::request(&req, Some((&route.probe, every)))?.probe,
+                    ..request.clone()
+                };
+                audit = Some(AuditJob {
+                    engine: engine_arc.clone(),
+                    request,
+                    live: live.clone(),
+                    writer: writer.clone(),
+                    store: store.clone(),
+                });
+            }
+            let handle = crate::embedded::submit(engine, &req, request)?;
             let probes = stopping.then(|| Probes::Engine(handle.probe_requester()));
             (tokio::spawn(crate::embedded::produce(handle, endpoint, route.model.clone(), tx)), probes)
         }
@@ -453,6 +541,7 @@ async fn complete(
         question: route.store_text.then(|| last_user_text(&req.input)).flatten(),
         store_text: route.store_text,
         started_ms: session::now_ms().saturating_sub(started.elapsed().as_millis() as u64),
+        audit,
     });
     let (out_tx, mut out) = mpsc::channel(PIECE_BUFFER);
     let meter = Meter::start(&route.model, endpoint, started);

@@ -124,6 +124,71 @@ pub struct RouteConfig {
     /// (default off: traces hold token counts, probed answers and the final answer only).
     #[serde(default)]
     pub store_text: bool,
+    /// Audits: requests run again to their natural end after the client has its answer.
+    #[serde(default)]
+    pub audit: AuditConfig,
+    /// The live estimate over audited requests, with fallback and promotion.
+    pub online: Option<OnlineConfig>,
+}
+
+/// Which requests are audited, and how many audits run at once.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Share of requests audited, 0 to 1 (default 0.05). Every `1/fraction`-th request, exactly.
+    #[serde(default = "default_audit_fraction")]
+    pub fraction: f64,
+    /// Audits running at once, at most; a request due for an audit beyond it is not audited
+    /// (counted as dropped). Default 1.
+    #[serde(default = "default_audit_concurrency")]
+    pub max_concurrent: usize,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig { fraction: default_audit_fraction(), max_concurrent: default_audit_concurrency() }
+    }
+}
+
+fn default_audit_fraction() -> f64 {
+    0.05
+}
+fn default_audit_concurrency() -> usize {
+    1
+}
+
+/// `[routes.online]`: what the live estimator certifies, over which window.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OnlineConfig {
+    /// Risk budget and failure probability, as `stopwise calibrate` takes them.
+    pub epsilon: f64,
+    #[serde(default = "default_online_delta")]
+    pub delta: f64,
+    /// `disagreement` (default; no gold needed) or `em-drop` (audits with gold from feedback).
+    #[serde(default = "default_online_risk")]
+    pub risk: stopwise_core::certify::Risk,
+    /// Most recent audits the estimate is over (default 500).
+    #[serde(default = "default_online_window")]
+    pub window: usize,
+    /// `propose` (default: an operator approves), `auto` or `off`.
+    #[serde(default)]
+    pub promote: stopwise_core::online::Promote,
+    /// Candidate settings from the most aggressive to the safest (each as `policy` takes one);
+    /// the route's policy must be one of them. No stopping ends the ladder. Default: the route's
+    /// policy alone.
+    #[serde(default)]
+    pub ladder: Vec<PolicyField>,
+}
+
+fn default_online_delta() -> f64 {
+    0.05
+}
+fn default_online_risk() -> stopwise_core::certify::Risk {
+    stopwise_core::certify::Risk::Disagreement
+}
+fn default_online_window() -> usize {
+    500
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -283,6 +348,9 @@ pub struct Route {
     pub max_response_bytes: usize,
     pub on_missing_capability: OnMissing,
     pub store_text: bool,
+    pub audit: AuditConfig,
+    /// The estimator's settings and ladder, and the route policy's place on it.
+    pub online: Option<(stopwise_core::online::OnlineSettings, Vec<PolicySpec>, usize)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -357,6 +425,8 @@ impl Config {
                 max_response_bytes: None,
                 on_missing_capability: OnMissing::default(),
                 store_text: false,
+                audit: AuditConfig::default(),
+                online: None,
             });
         } else if upstream.is_some() || overrides.model_name.is_some() {
             return Err(invalid(
@@ -476,12 +546,68 @@ impl Route {
         if let Some(url) = &probe.upstream {
             Upstream::parse(&key("probe.upstream"), url)?;
         }
+        let audit = &route.audit;
+        if !(0.0..=1.0).contains(&audit.fraction) {
+            return Err(invalid(key("audit.fraction"), "must be between 0 and 1"));
+        }
+        if audit.max_concurrent == 0 {
+            return Err(invalid(key("audit.max_concurrent"), "must be at least 1"));
+        }
+        let upstream = Upstream::parse(&key("upstream"), &route.upstream)?;
+        if audit.fraction > 0.0 && upstream != Upstream::Embedded && route.audit != AuditConfig::default() {
+            return Err(invalid(key("audit"), "audits run on embedded routes only in this version"));
+        }
+        let online = match route.online {
+            None => None,
+            Some(online) => {
+                let ladder = if online.ladder.is_empty() {
+                    vec![policy.clone()]
+                } else {
+                    online
+                        .ladder
+                        .into_iter()
+                        .enumerate()
+                        .map(|(j, field)| {
+                            let at = key(&format!("online.ladder[{j}]"));
+                            match field {
+                                PolicyField::Text(text) => policy::load(&text, &Files::read_with(&read, base_dir)),
+                                PolicyField::Table(value) => {
+                                    policy::load_value(value, &Files::read_with(&read, base_dir))
+                                }
+                            }
+                            .map_err(|e| invalid(at, e.to_string()))
+                        })
+                        .collect::<Result<Vec<_>, _>>()?
+                };
+                let mut ladder = ladder;
+                if ladder.last() != Some(&PolicySpec::NEVER) {
+                    ladder.push(PolicySpec::NEVER);
+                }
+                let active = ladder.iter().position(|p| p == &policy).ok_or_else(|| {
+                    invalid(key("online.ladder"), format!("the route's policy {} is not on it", policy.label()))
+                })?;
+                let settings = stopwise_core::online::OnlineSettings {
+                    epsilon: online.epsilon,
+                    delta: online.delta,
+                    risk: online.risk,
+                    window: online.window,
+                    promote: online.promote,
+                    limits: stopwise_core::replay::Limits { max_probes: probe.max_probes },
+                };
+                stopwise_core::online::Estimator::new(ladder.clone(), active, settings)
+                    .map_err(|e| invalid(key("online"), e.to_string()))?;
+                if audit.fraction == 0.0 {
+                    return Err(invalid(key("online"), "the estimator needs audits: set audit.fraction above 0"));
+                }
+                Some((settings, ladder, active))
+            }
+        };
         let answer_template = route.answer_template.unwrap_or_else(|| DEFAULT_ANSWER_TEMPLATE.into());
         if !answer_template.contains("{answer}") {
             return Err(invalid(key("answer_template"), "must contain `{answer}`"));
         }
         Ok(Route {
-            upstream: Upstream::parse(&key("upstream"), &route.upstream)?,
+            upstream,
             model: route.model,
             upstream_model: route.upstream_model,
             api_key: None,
@@ -494,6 +620,8 @@ impl Route {
             max_response_bytes: route.max_response_bytes.unwrap_or(DEFAULT_MAX_RESPONSE_BYTES),
             on_missing_capability: route.on_missing_capability,
             store_text: route.store_text,
+            audit: route.audit,
+            online,
         })
     }
 

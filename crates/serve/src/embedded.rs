@@ -15,13 +15,9 @@ use crate::shape;
 /// Generated tokens when the client sets no `max_tokens`.
 pub const DEFAULT_MAX_TOKENS: u32 = 1024;
 
-/// Starts the request on the engine; errors here (queue full, bad sampling values, prompt too
-/// long) are answered before any stream starts.
-pub fn submit(
-    engine: &dyn Engine,
-    req: &ClientRequest,
-    probe: Option<&ProbeConfig>,
-) -> Result<RequestHandle, ApiError> {
+/// The engine request for a client's request: probes where the session asks for them
+/// (`ProbeTrigger::OnRequest`), or at every checkpoint (an audit).
+pub fn request(req: &ClientRequest, probe: Option<(&ProbeConfig, ProbeTrigger)>) -> Result<Request, ApiError> {
     let prompt = match &req.input {
         Input::Messages(messages) => Prompt::Chat(messages.clone()),
         Input::Prompt(prompt) => Prompt::Raw(prompt.clone()),
@@ -37,13 +33,14 @@ pub fn submit(
             seed: req.seed.unwrap_or_else(|| now() ^ u64::from(std::process::id())),
         },
         stop: req.stop.clone(),
-        // The session asks for each probe its rule needs (see `session::Probes::Engine`).
-        probe: probe.map(|p| ProbePlan {
-            suffix: p.suffix.clone(),
-            max_tokens: p.max_tokens,
-            trigger: ProbeTrigger::OnRequest,
-        }),
+        probe: probe.map(|(p, trigger)| ProbePlan { suffix: p.suffix.clone(), max_tokens: p.max_tokens, trigger }),
     };
+    Ok(request)
+}
+
+/// Starts the request on the engine; errors here (queue full, bad sampling values, prompt too
+/// long) are answered before any stream starts.
+pub fn submit(engine: &dyn Engine, req: &ClientRequest, request: Request) -> Result<RequestHandle, ApiError> {
     let input_field = match req.endpoint {
         Endpoint::Chat => "messages",
         Endpoint::Completions => "prompt",

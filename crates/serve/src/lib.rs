@@ -12,6 +12,7 @@
 //! failures fail open; upstream failures become OpenAI-style error objects.
 
 pub mod app;
+pub mod audit;
 pub mod bench;
 pub mod capabilities;
 pub mod config;

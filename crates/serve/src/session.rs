@@ -120,6 +120,8 @@ pub struct TraceSink {
     pub question: Option<String>,
     pub store_text: bool,
     pub started_ms: u64,
+    /// The audit to run once the client has its answer, when this request is audited.
+    pub audit: Option<crate::audit::AuditJob>,
 }
 
 /// Aborts the task when dropped, so that nothing outlives the request that started it.
@@ -216,6 +218,10 @@ pub async fn run(
             // Dropping the producer now cancels the upstream before the client has even read
             // the last frames.
             drop(producer);
+            // The client has its answer: the audit starts only now, so its latency is unchanged.
+            if let Some((job, head, task)) = state.audit.take() {
+                job.start(head, task);
+            }
             return;
         }
     }
@@ -247,6 +253,8 @@ struct State {
     pending: Option<(Checkpoint, Instant)>,
     meter: Meter,
     sink: Option<TraceSink>,
+    /// The audit due once the last frames are sent, and the trace head it shares.
+    audit: Option<(crate::audit::AuditJob, TraceHead, Task)>,
 }
 
 impl State {
@@ -272,6 +280,7 @@ impl State {
             pending: None,
             meter,
             sink: None,
+            audit: None,
         }
     }
 
@@ -467,7 +476,7 @@ impl State {
     /// Hands the request's trace to the store's writer, which never makes the client wait: what
     /// the client received, the probed checkpoints, and how stopping served it.
     fn record(&mut self, finish_reason: &str, stop: Option<&StopInfo>) {
-        let Some(sink) = self.sink.take() else { return };
+        let Some(mut sink) = self.sink.take() else { return };
         let Some(head) = &self.head else { return };
         let tokens = self.tokens();
         let (policy, interval, asked_all) = match &self.plan {
@@ -512,6 +521,9 @@ impl State {
             finish_reason: finish_reason.to_owned(),
             keep_text: sink.store_text,
         };
+        if let Some(job) = sink.audit.take() {
+            self.audit = Some((job, trace_head.clone(), self.recorder.task()));
+        }
         // A copy: the last chunk, written after this, still reads the token count.
         match self.recorder.clone().finish(trace_head, ending) {
             Ok(trace) => {
