@@ -402,6 +402,21 @@ pub enum BenchAction {
         #[arg(long, default_value_t = 7)]
         seed: u64,
     },
+    /// The trace store's write throughput (traces/s through serve's writer: queue, batches,
+    /// transactions) against serialising the same traces alone, in the same run.
+    #[command(
+        after_help = "Examples:\n  stopwise bench store --traces data/traces/gsm8k.jsonl --copies 20\n  stopwise bench store --traces t.jsonl --store postgres://sw@127.0.0.1/bench"
+    )]
+    Store {
+        /// Traces to write (each written `--copies` times under fresh response ids).
+        #[arg(long)]
+        traces: PathBuf,
+        #[arg(long, default_value_t = 10)]
+        copies: usize,
+        /// Store to write to (default: a SQLite file in a fresh temporary folder).
+        #[arg(long)]
+        store: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]

@@ -135,3 +135,63 @@ fn default_sweep(thresholds: usize) -> Sweep {
     });
     Sweep::new(families, Limits::default())
 }
+
+/// `stopwise bench store`: `copies` × the file's traces, as served traces, written through the
+/// writer serve uses (queue large enough that none is dropped, then a flush), against turning the
+/// same traces into lines alone; traces/s and the ratio.
+pub fn store(path: &Path, copies: usize, url: Option<String>) -> Result<String> {
+    let traces: Vec<Trace> = stopwise_store::read_all(path)?;
+    anyhow::ensure!(!traces.is_empty(), "{}: no traces", path.display());
+    let scratch = tempfile::tempdir()?;
+    let url = url.unwrap_or_else(|| format!("sqlite://{}", scratch.path().join("bench.db").display()));
+    let served: Vec<Trace> = (0..copies.max(1))
+        .flat_map(|copy| traces.iter().map(move |t| (copy, t)))
+        .enumerate()
+        .map(|(i, (copy, trace))| {
+            let id = format!("bench-{copy}-{}", trace.id);
+            Trace {
+                served: Some(stopwise_core::Served {
+                    route: "bench".into(),
+                    response_id: id.clone(),
+                    policy: "never".into(),
+                    policy_version: "bench".into(),
+                    started_ms: i as u64,
+                    duration_ms: 0,
+                    stopped_at: None,
+                    delivered_tokens: trace.final_.tokens,
+                    complete: true,
+                    audit: false,
+                }),
+                id,
+                ..trace.clone()
+            }
+        })
+        .collect();
+    let n = served.len();
+    let started = Instant::now();
+    let bytes: usize = served.iter().map(|t| t.to_line().len()).sum();
+    let serialise = started.elapsed().as_secs_f64();
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let (write, written) = runtime.block_on(async {
+        let store = stopwise_db::Store::open(&url).await?;
+        let writer = stopwise_db::Writer::start(store.clone(), n);
+        let started = Instant::now();
+        for trace in served {
+            writer.submit(trace);
+        }
+        writer.flush().await;
+        let elapsed = started.elapsed().as_secs_f64();
+        let written = writer.stats().written.load(std::sync::atomic::Ordering::Relaxed);
+        Ok::<_, anyhow::Error>((elapsed, written))
+    })?;
+    anyhow::ensure!(written == n as u64, "only {written} of {n} traces were written");
+    let rate = |seconds: f64| n as f64 / seconds.max(1e-9);
+    let mut out = String::new();
+    use std::fmt::Write as _;
+    writeln!(out, "{n} traces ({:.1} KiB each) into {}", bytes as f64 / n as f64 / 1024.0, stopwise_db::redacted(&url))?;
+    writeln!(out, "| step | seconds | traces/s | × serialising |")?;
+    writeln!(out, "|---|---|---|---|")?;
+    writeln!(out, "| serialise only | {serialise:.3} | {:.0} | 1.00 |", rate(serialise))?;
+    writeln!(out, "| writer → store | {write:.3} | {:.0} | {:.2} |", rate(write), write / serialise.max(1e-9))?;
+    Ok(out)
+}

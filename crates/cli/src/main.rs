@@ -152,6 +152,10 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Bench { action: BenchAction::Store { traces, copies, store } } => {
+            print!("{}", bench::store(&traces, copies, store)?);
+            Ok(())
+        }
         Command::Bench { action: BenchAction::Sweep { traces, checkpoints, thresholds, seed } } => {
             bench::sweep(traces, checkpoints, thresholds, seed)
         }
