@@ -177,6 +177,11 @@ impl AppState {
     fn client(&self, route: &Route) -> &reqwest::Client {
         &self.clients[&route.model]
     }
+
+    /// Per route: audits and the live estimate (read by the dashboard).
+    pub(crate) fn live(&self) -> &BTreeMap<String, Arc<Live>> {
+        &self.live
+    }
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -193,6 +198,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/admin/online", get(admin_online))
         .route("/admin/online/{model}", post(admin_online_action))
         .route("/openapi.json", get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }))
+        .merge(crate::dashboard::routes())
         .fallback(|| async { ApiError { status: StatusCode::NOT_FOUND, ..ApiError::bad_json("no such endpoint") } })
         // axum's own 405 has an empty body; clients parse an OpenAI error object.
         .method_not_allowed_fallback(|| async {

@@ -39,6 +39,8 @@ pub struct Live {
     seen: Mutex<VecDeque<String>>,
     /// Changes made, newest last (the last 100).
     changes: Mutex<VecDeque<Value>>,
+    /// The active setting's published estimates, for the dashboard.
+    history: crate::dashboard::History,
 }
 
 /// Changes kept in memory for `/admin` (all are in the store).
@@ -60,6 +62,7 @@ impl Live {
             estimator,
             seen: Mutex::new(VecDeque::new()),
             changes: Mutex::new(VecDeque::new()),
+            history: crate::dashboard::History::default(),
         };
         live.publish();
         Ok(live)
@@ -216,6 +219,12 @@ impl Live {
             gauge!("stopwise_online_token_reduction", &labels).set(estimate.token_reduction);
             gauge!("stopwise_online_certified", &labels).set(f64::from(u8::from(estimate.certified)));
         }
+        self.history.record(&e);
+    }
+
+    /// The active setting's estimate each time it was published, oldest first.
+    pub fn history(&self) -> Vec<crate::dashboard::Point> {
+        self.history.points()
     }
 }
 

@@ -16,6 +16,7 @@ pub mod audit;
 pub mod bench;
 pub mod capabilities;
 pub mod config;
+pub mod dashboard;
 pub mod embedded;
 pub mod error;
 pub mod http_upstream;
