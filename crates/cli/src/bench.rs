@@ -188,7 +188,12 @@ pub fn store(path: &Path, copies: usize, url: Option<String>) -> Result<String> 
     let rate = |seconds: f64| n as f64 / seconds.max(1e-9);
     let mut out = String::new();
     use std::fmt::Write as _;
-    writeln!(out, "{n} traces ({:.1} KiB each) into {}", bytes as f64 / n as f64 / 1024.0, stopwise_db::redacted(&url))?;
+    writeln!(
+        out,
+        "{n} traces ({:.1} KiB each) into {}",
+        bytes as f64 / n as f64 / 1024.0,
+        stopwise_db::redacted(&url)
+    )?;
     writeln!(out, "| step | seconds | traces/s | × serialising |")?;
     writeln!(out, "|---|---|---|---|")?;
     writeln!(out, "| serialise only | {serialise:.3} | {:.0} | 1.00 |", rate(serialise))?;

@@ -38,7 +38,8 @@ fn sweep_reads_a_store_as_it_reads_the_file_and_export_gives_the_traces_back() {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     runtime.block_on(async {
         let store = Store::open(&url).await.unwrap();
-        let audits: Vec<Trace> = traces.iter().cloned().enumerate().map(|(i, t)| as_served(t, i as u64, true)).collect();
+        let audits: Vec<Trace> =
+            traces.iter().cloned().enumerate().map(|(i, t)| as_served(t, i as u64, true)).collect();
         store.put_traces(&audits).await.unwrap();
         // A served request stopped early cannot replay: sweeps leave it out.
         let mut stopped = as_served(traces[0].clone(), 0, false);
@@ -63,8 +64,7 @@ fn sweep_reads_a_store_as_it_reads_the_file_and_export_gives_the_traces_back() {
     let out = dir.join("export.jsonl");
     let (code, _, err) = stopwise(&["export", "--store", &url, "--out", out.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
-    let exported: Vec<Trace> =
-        std::fs::read_to_string(&out).unwrap().lines().map(|l| parse_line(l).unwrap()).collect();
+    let exported: Vec<Trace> = std::fs::read_to_string(&out).unwrap().lines().map(|l| parse_line(l).unwrap()).collect();
     assert_eq!(exported.len(), traces.len() + 1, "every served trace, stopped ones too");
     let (code, _, _) = stopwise(&["export", "--store", &url, "--complete-only", "--out", out.to_str().unwrap()]);
     assert_eq!(code, 0);

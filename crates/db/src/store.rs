@@ -308,6 +308,45 @@ impl Store {
         Ok(())
     }
 
+    /// Records the setting a route serves, unless a newer one is recorded already.
+    pub async fn put_route_state(
+        &self,
+        route: &str,
+        active: u64,
+        policy: &str,
+        updated_ms: u64,
+    ) -> Result<(), DbError> {
+        sqlx::query(
+            "INSERT INTO route_state (route, active, policy, updated_ms) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (route) DO UPDATE SET active = excluded.active, policy = excluded.policy, \
+             updated_ms = excluded.updated_ms WHERE route_state.updated_ms < excluded.updated_ms",
+        )
+        .bind(route.to_owned())
+        .bind(to_i64(active))
+        .bind(policy.to_owned())
+        .bind(to_i64(updated_ms))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Every route's recorded setting: (route, ladder position, policy JSON, updated_ms).
+    pub async fn route_states(&self) -> Result<Vec<(String, u64, String, u64)>, DbError> {
+        let rows = sqlx::query("SELECT route, active, policy, updated_ms FROM route_state ORDER BY route")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    row.try_get(0)?,
+                    row.try_get::<i64, _>(1)?.max(0) as u64,
+                    row.try_get(2)?,
+                    row.try_get::<i64, _>(3)?.max(0) as u64,
+                ))
+            })
+            .collect()
+    }
+
     /// A route's changes, oldest first: (at_ms, kind, JSON record).
     pub async fn changes(&self, route: &str) -> Result<Vec<(u64, String, String)>, DbError> {
         let rows = sqlx::query("SELECT at_ms, kind, body FROM policy_changes WHERE route = $1 ORDER BY at_ms, id")

@@ -217,3 +217,18 @@ fn feedback_bodies_are_checked_field_by_field() {
     let long = format!(r#"{{"id":"{}","correct":true}}"#, "x".repeat(300));
     assert!(parse(&long).unwrap_err().contains("`id`"));
 }
+
+#[tokio::test]
+async fn the_newest_route_state_wins() {
+    for (store, _guard) in stores().await {
+        store.put_route_state("a", 1, "{}", 10).await.unwrap();
+        store.put_route_state("a", 2, "{}", 5).await.unwrap();
+        assert_eq!(
+            store.route_states().await.unwrap(),
+            [("a".to_owned(), 1, "{}".to_owned(), 10)],
+            "an older state is ignored"
+        );
+        store.put_route_state("a", 0, "{\"type\":\"never\"}", 11).await.unwrap();
+        assert_eq!(store.route_states().await.unwrap()[0].1, 0);
+    }
+}

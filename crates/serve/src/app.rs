@@ -109,6 +109,31 @@ impl AppState {
         Ok(())
     }
 
+    /// Every `every`, adopts the settings other replicas on the same store switched their routes
+    /// to. Runs until the server stops.
+    pub fn spawn_sync(self: &Arc<Self>, every: Duration) {
+        let Some((store, _)) = &self.store else { return };
+        let (store, state) = (store.clone(), Arc::downgrade(self));
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                let Some(state) = state.upgrade() else { return };
+                match store.route_states().await {
+                    Ok(rows) => {
+                        for (route, active, policy, updated_ms) in rows {
+                            if let Some(live) = state.live.get(&route) {
+                                live.adopt(active, &policy, updated_ms);
+                            }
+                        }
+                    }
+                    Err(e) => tracing::warn!("cannot read the routes' shared settings: {e}"),
+                }
+            }
+        });
+    }
+
     /// Waits until every trace handed to the store's writer so far is written or dropped.
     pub async fn flush_store(&self) {
         if let Some((_, writer)) = &self.store {

@@ -39,6 +39,8 @@ pub struct Live {
     seen: Mutex<VecDeque<String>>,
     /// Changes made, newest last (the last 100).
     changes: Mutex<VecDeque<Value>>,
+    /// When the active setting last changed, here or in the store (replicas share it).
+    changed_ms: AtomicU64,
     /// The active setting's published estimates, for the dashboard.
     history: crate::dashboard::History,
 }
@@ -62,6 +64,7 @@ impl Live {
             estimator,
             seen: Mutex::new(VecDeque::new()),
             changes: Mutex::new(VecDeque::new()),
+            changed_ms: AtomicU64::new(0),
             history: crate::dashboard::History::default(),
         };
         live.publish();
@@ -191,16 +194,57 @@ impl Live {
             changes.pop_front();
         }
         drop(changes);
+        let now = crate::session::now_ms();
+        let switched = kind != "proposal";
+        if switched {
+            self.changed_ms.store(now, Ordering::Relaxed);
+        }
         if let Some(store) = store.cloned() {
             let (route, line) = (self.route.clone(), record.to_string());
+            let policy = serde_json::to_string(&ladder[to]).unwrap_or_default();
             tokio::spawn(async move {
-                if let Err(e) = store.put_change(&route, crate::session::now_ms(), kind, &line).await {
+                if let Err(e) = store.put_change(&route, now, kind, &line).await {
                     tracing::warn!("route `{route}`: the {kind} was not stored: {e}");
+                }
+                // The other replicas adopt the new setting from here.
+                if switched {
+                    if let Err(e) = store.put_route_state(&route, to as u64, &policy, now).await {
+                        tracing::warn!("route `{route}`: the new setting was not shared: {e}");
+                    }
                 }
             });
         }
         self.publish();
         record
+    }
+
+    /// Adopts the setting another replica recorded in the store, when it is newer than this
+    /// replica's last change and is the same policy on this replica's ladder.
+    pub fn adopt(&self, active: u64, policy: &str, updated_ms: u64) {
+        let Some(estimator) = &self.estimator else { return };
+        if updated_ms <= self.changed_ms.load(Ordering::Relaxed) {
+            return;
+        }
+        let index = active as usize;
+        let adopted = {
+            let mut e = lock(estimator);
+            let same = e.ladder().get(index).is_some_and(|p| serde_json::to_string(p).unwrap_or_default() == policy);
+            if !same {
+                tracing::warn!("route `{}`: the store's setting {index} is not on this replica's ladder", self.route);
+                return;
+            }
+            let moved = e.active() != index;
+            if moved {
+                e.set_active(index);
+            }
+            moved.then(|| e.active_policy().label())
+        };
+        self.changed_ms.store(updated_ms, Ordering::Relaxed);
+        if let Some(label) = adopted {
+            tracing::info!("route `{}`: now serving {label}, as another replica decided", self.route);
+            counter!("stopwise_policy_changes_total", "model" => self.route.clone(), "kind" => "adopted").increment(1);
+            self.publish();
+        }
     }
 
     /// The estimate in `/metrics`.

@@ -70,6 +70,9 @@ pub struct StoreConfig {
     /// How long feedback naming a response whose trace is not in the store yet waits for it
     /// before the answer is 404. Default 5000.
     pub feedback_grace_ms: Option<u64>,
+    /// How often a replica reads the settings other replicas switched their routes to (fallback,
+    /// promotion, an operator's choice). Default 2000.
+    pub sync_ms: Option<u64>,
 }
 
 pub const DEFAULT_STORE_QUEUE: usize = 10_000;
@@ -82,6 +85,7 @@ pub struct StoreSettings {
     pub url: Option<String>,
     pub queue: usize,
     pub feedback_grace: std::time::Duration,
+    pub sync: std::time::Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -490,12 +494,16 @@ impl StoreConfig {
         if self.queue == Some(0) {
             return Err(invalid("store.queue", "must be at least 1"));
         }
+        if self.sync_ms == Some(0) {
+            return Err(invalid("store.sync_ms", "must be at least 1"));
+        }
         Ok(StoreSettings {
             url,
             queue: self.queue.unwrap_or(DEFAULT_STORE_QUEUE),
             feedback_grace: std::time::Duration::from_millis(
                 self.feedback_grace_ms.unwrap_or(DEFAULT_FEEDBACK_GRACE_MS),
             ),
+            sync: std::time::Duration::from_millis(self.sync_ms.unwrap_or(2000)),
         })
     }
 }

@@ -72,6 +72,7 @@ pub async fn serve_then(
     state.open_store(&settings.store).await?;
     state.self_test().await?;
     let state = Arc::new(state);
+    state.spawn_sync(settings.store.sync);
     ready();
     let served = axum::serve(listener, router(state.clone()))
         .with_graceful_shutdown(shutdown)

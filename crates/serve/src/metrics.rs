@@ -65,6 +65,34 @@ fn describe() {
     );
     describe_gauge!("stopwise_store_queue_depth", "Traces waiting to be written to the store");
     describe_counter!("stopwise_feedback_total", "Feedback posts, by result: received, stored, unknown_id");
+    describe_counter!(
+        "stopwise_audits_total",
+        "Audits (requests run again to their end), by result: run, dropped (cap reached), failed"
+    );
+    describe_counter!(
+        "stopwise_policy_changes_total",
+        "Changes of a route's setting, by kind: fallback, promotion, proposal, adopted (from another replica)"
+    );
+    describe_gauge!("stopwise_online_epsilon", "The risk budget the live estimate is held to");
+    describe_gauge!("stopwise_online_audits_in_window", "Audits in the live estimate's window");
+    describe_gauge!(
+        "stopwise_online_active_setting",
+        "Position of the active setting on the route's ladder (0: most aggressive)"
+    );
+    describe_gauge!("stopwise_online_generation", "How many times the route's active setting changed");
+    describe_gauge!("stopwise_online_risk", "Per ladder setting: risk over the audit window (disagreement or EM drop)");
+    describe_gauge!(
+        "stopwise_online_risk_bound",
+        "Per ladder setting: upper confidence bound on the risk at level 1 - delta"
+    );
+    describe_gauge!(
+        "stopwise_online_token_reduction",
+        "Per ladder setting: 1 - tokens paid / full-run tokens over the window"
+    );
+    describe_gauge!(
+        "stopwise_online_certified",
+        "Per ladder setting: 1 when the window certifies it (risk bound <= epsilon)"
+    );
 }
 
 /// The store writer's queue, read at scrape time.

@@ -19,6 +19,23 @@ use stopwise_engine::Engine;
 
 const QUESTIONS: &str = include_str!("../../../data/eval/gsm8k_test_500.jsonl");
 
+/// `promtool check metrics` (Debian's prometheus package) on an exposition: its exit code and
+/// what it printed.
+fn promtool_check(metrics: &str) -> (i32, String) {
+    use std::io::Write;
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool is not installed: scripts/install-deps --test installs Debian's prometheus package");
+    child.stdin.take().unwrap().write_all(metrics.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.code().unwrap_or(-1), text)
+}
+
 fn questions() -> Vec<String> {
     QUESTIONS
         .lines()
@@ -112,6 +129,10 @@ async fn an_aggressive_setting_falls_back_within_the_window_and_the_store_replay
     ] {
         assert!(metrics.lines().any(|l| l == wanted), "no `{wanted}` in\n{metrics}");
     }
+
+    // Prometheus's own linter takes the exposition as it is.
+    let (code, lint) = promtool_check(&metrics);
+    assert_eq!(code, 0, "promtool check metrics: {lint}");
 
     // The store has the change, every served trace and every audit; replayed offline with the
     // same ladder, the audits give the live estimate again.

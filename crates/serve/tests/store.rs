@@ -161,3 +161,55 @@ async fn two_replicas_on_one_postgres_share_traces_and_feedback() {
     assert_eq!(stored.len(), 1);
     assert_eq!((stored[0].id.as_str(), stored[0].gold.as_slice()), (id, ["72".to_owned()].as_slice()));
 }
+
+#[tokio::test]
+async fn replicas_on_one_postgres_share_the_active_setting() {
+    let admin = std::env::var("STOPWISE_TEST_POSTGRES_URL")
+        .expect("STOPWISE_TEST_POSTGRES_URL is not set: run the tests with scripts/test, which starts Postgres");
+    let name = format!("shared_{}", std::process::id());
+    let url = stopwise_db::create_postgres_database(&admin, &name).await.unwrap();
+    let config = format!(
+        r#"
+[store]
+url = "{url}"
+sync_ms = 200
+
+[[routes]]
+model = "default"
+upstream = "embedded"
+task = "numeric"
+policy = {{ type = "budget", max_tokens = 16 }}
+audit = {{ fraction = 0.01 }}
+online = {{ epsilon = 0.1, ladder = [{{ type = "budget", max_tokens = 16 }}, {{ type = "budget", max_tokens = 64 }}] }}
+"#
+    );
+    let engine = engine() as Arc<dyn Engine>;
+    let first = start(&config, Some(engine.clone()));
+    let second = start(&config, Some(engine));
+    let client = reqwest::Client::new();
+    let active = |base: String| {
+        let client = client.clone();
+        async move {
+            let report: Value = client.get(format!("{base}/admin/online")).send().await.unwrap().json().await.unwrap();
+            report["routes"]["default"]["active"].as_u64().unwrap()
+        }
+    };
+    assert_eq!((active(first.clone()).await, active(second.clone()).await), (0, 0));
+    let set = client
+        .post(format!("{first}/admin/online/default"))
+        .json(&json!({"action": "set", "setting": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(set.status(), 200);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while active(second.clone()).await != 1 {
+        assert!(std::time::Instant::now() < deadline, "the second replica never adopted the setting");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // And it serves it: a request there is cut by the 64-token budget, not the 16-token one.
+    let answer: Value = post(&second, &chat("default", QUESTION, 200, false, Value::Null)).await.json().await.unwrap();
+    assert_eq!(answer["stopwise"]["stop_reason"], "budget(64)", "{answer}");
+    let metrics = reqwest::get(format!("{second}/metrics")).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains(r#"stopwise_policy_changes_total{model="default",kind="adopted"} 1"#), "{metrics}");
+}
