@@ -411,6 +411,7 @@ pub enum BenchAction {
         /// Traces to write (each written `--copies` times under fresh response ids).
         #[arg(long)]
         traces: PathBuf,
+        /// Times each trace is written (under fresh response ids).
         #[arg(long, default_value_t = 10)]
         copies: usize,
         /// Store to write to (default: a SQLite file in a fresh temporary folder).
