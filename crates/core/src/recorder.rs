@@ -97,16 +97,11 @@ impl Recorder {
     pub fn checkpoint(&mut self) -> Checkpoint {
         let (n, lp, ent) = std::mem::replace(&mut self.segment, (0, Some(0.0), Some(0.0)));
         let mean = |sum: Option<f64>| sum.map(|s| s / f64::from(n.max(1)));
-        Checkpoint {
-            tokens: self.tokens,
-            answer: String::new(),
-            probe_text: String::new(),
-            answer_tokens: 0,
-            mean_prob: 0.0,
-            min_prob: 0.0,
-            segment_logprob: mean(lp).map_or(f32::NEG_INFINITY, |m| m.min(0.0) as f32),
-            segment_entropy: mean(ent).map_or(f32::INFINITY, |m| m.max(0.0) as f32),
-        }
+        Checkpoint::generated(
+            self.tokens,
+            mean(lp).map_or(f32::NEG_INFINITY, |m| m.min(0.0) as f32),
+            mean(ent).map_or(f32::INFINITY, |m| m.max(0.0) as f32),
+        )
     }
 
     /// The checkpoint with a probe's reading, its answer extracted as the task extracts answers.

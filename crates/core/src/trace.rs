@@ -135,15 +135,21 @@ impl Checkpoint {
     /// The checkpoint as an online request sees it before (or without) a probe: what generation
     /// tells, no answer.
     pub fn unprobed(&self) -> Checkpoint {
+        Checkpoint::generated(self.tokens, self.segment_logprob, self.segment_entropy)
+    }
+
+    /// A checkpoint of what generation tells (tokens so far, the segment's statistics), with no
+    /// probe yet.
+    pub fn generated(tokens: u32, segment_logprob: f32, segment_entropy: f32) -> Checkpoint {
         Checkpoint {
-            tokens: self.tokens,
+            tokens,
             answer: String::new(),
             probe_text: String::new(),
             answer_tokens: 0,
             mean_prob: 0.0,
             min_prob: 0.0,
-            segment_logprob: self.segment_logprob,
-            segment_entropy: self.segment_entropy,
+            segment_logprob,
+            segment_entropy,
         }
     }
 }
